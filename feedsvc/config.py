@@ -1,0 +1,119 @@
+"""Settings of every feedsvc process, read once from `FEED_*` environment variables."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+PREFIX = "FEED_"
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """One process's configuration; each field is the variable `FEED_<NAME>`."""
+
+    database_url: str = "postgresql://root@localhost:26257/feedsvc?sslmode=disable"
+    """Where messages live: CockroachDB in compose, PostgreSQL in native tests."""
+
+    kafka_bootstrap: str = "localhost:9092"
+    """Kafka as this process reaches it."""
+
+    changefeed_kafka: str = ""
+    """Kafka as CockroachDB reaches it, for the changefeed sink; empty means `kafka_bootstrap`."""
+
+    host: str = "127.0.0.1"
+    """The api's listen address; compose sets 0.0.0.0 inside the container."""
+
+    port: int = 8000
+    """The api's listen port."""
+
+    max_inflight: int = 2000
+    """POSTs waiting on Kafka at once; one more gets 429 at once rather than a queue."""
+
+    max_backlog: int = 100_000
+    """Records the writer may lag behind before POST answers 429 (about 20 s of writing)."""
+
+    backlog_refresh_s: float = 1.0
+    """How often the api re-reads the writer's lag; requests never wait on it."""
+
+    kafka_timeout_s: float = 5.0
+    """The longest a POST waits for Kafka's acknowledgement before answering 503."""
+
+    submitted_partitions: int = 6
+    """Partitions of `messages.submitted`: the most writers that can share the work."""
+
+    writer_batch: int = 500
+    """Rows per INSERT: CockroachDB advises 100-1000 rows per multi-row statement."""
+
+    writer_linger_ms: int = 50
+    """How long the writer waits to fill a batch when traffic is light."""
+
+    db_pool_size: int = 4
+    """Connections per process: an unlicensed cluster allows 5 concurrent transactions."""
+
+    history_limit: int = 50
+    """Messages `GET /feed` sends before going live when the client names no `limit`."""
+
+    heartbeat_s: float = 15.0
+    """Seconds between comment heartbeats on an idle feed, to keep proxies from closing it."""
+
+    subscriber_buffer: int = 1024
+    """Events one feed client may fall behind before it is told to resume and closed."""
+
+    max_subscribers: int = 10_000
+    """Open feed streams per api process; one more is answered with a retry hint."""
+
+    ring_size: int = 10_000
+    """Recent feed events kept in memory to serve resumes without reading Kafka."""
+
+    shutdown_grace_s: float = 10.0
+    """Seconds uvicorn gives open streams at SIGTERM; below compose's stop_grace_period."""
+
+    cockroach_license: str = ""
+    """Optional CockroachDB enterprise licence key, set as `enterprise.license` by setup."""
+
+    cockroach_organization: str = ""
+    """The organization the licence key was issued to (`cluster.organization`)."""
+
+    log_level: str = "INFO"
+    """Python logging level name."""
+
+    @property
+    def changefeed_sink(self) -> str:
+        """The Kafka bootstrap address CockroachDB writes the changefeed to."""
+        return self.changefeed_kafka or self.kafka_bootstrap
+
+    def __post_init__(self) -> None:
+        for name in ("port", "max_inflight", "max_backlog", "submitted_partitions",
+                     "writer_batch", "db_pool_size", "history_limit", "subscriber_buffer",
+                     "max_subscribers", "ring_size"):
+            if getattr(self, name) < (0 if name == "port" else 1):
+                raise ValueError(f"{PREFIX}{name.upper()} must be positive")
+        for name in ("backlog_refresh_s", "kafka_timeout_s", "heartbeat_s", "shutdown_grace_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{PREFIX}{name.upper()} must be above zero")
+
+
+class ConfigError(ValueError):
+    """A `FEED_*` variable that is unknown or cannot be read; the message names it."""
+
+
+def load_settings(environ: Mapping[str, str]) -> Settings:
+    """Build the settings from an environment; fails naming the first bad variable."""
+    fields = {f.name: f for f in msgspec.structs.fields(Settings)}
+    values: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith(PREFIX):
+            continue
+        name = key[len(PREFIX):].lower()
+        if name not in fields:
+            raise ConfigError(f"{key} is not a setting of feedsvc")
+        try:
+            values[name] = msgspec.convert(raw, fields[name].type, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"{key}={raw!r}: {exc}") from None
+    try:
+        return Settings(**values)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
