@@ -85,9 +85,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return self.changefeed_kafka or self.kafka_bootstrap
 
     def __post_init__(self) -> None:
-        for name in ("port", "max_inflight", "max_backlog", "submitted_partitions",
-                     "writer_batch", "db_pool_size", "history_limit", "subscriber_buffer",
-                     "max_subscribers", "ring_size"):
+        for name in (
+            "port",
+            "max_inflight",
+            "max_backlog",
+            "submitted_partitions",
+            "writer_batch",
+            "db_pool_size",
+            "history_limit",
+            "subscriber_buffer",
+            "max_subscribers",
+            "ring_size",
+        ):
             if getattr(self, name) < (0 if name == "port" else 1):
                 raise ValueError(f"{PREFIX}{name.upper()} must be positive")
         for name in ("backlog_refresh_s", "kafka_timeout_s", "heartbeat_s", "shutdown_grace_s"):
@@ -106,7 +115,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     for key, raw in environ.items():
         if not key.startswith(PREFIX):
             continue
-        name = key[len(PREFIX):].lower()
+        name = key[len(PREFIX) :].lower()
         if name not in fields:
             raise ConfigError(f"{key} is not a setting of feedsvc")
         try:

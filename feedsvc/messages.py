@@ -100,7 +100,9 @@ def decode_submission(body: bytes) -> Submission:
             f"text is {len(text)} characters long, the limit is {MAX_TEXT_CHARS}", "text"
         )
     if _FORBIDDEN_CHARS.search(text):
-        raise InvalidSubmission("text must not contain control characters (newline is allowed)", "text")
+        raise InvalidSubmission(
+            "text must not contain control characters (newline is allowed)", "text"
+        )
     return Submission(author=raw.author, text=text)
 
 
@@ -145,3 +147,14 @@ def encode(value: msgspec.Struct) -> bytes:
 def decode_message(data: bytes) -> Message:
     """A message from its JSON bytes (a `messages.submitted` record); raises on bad input."""
     return _message_decoder.decode(data)
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    """A `messages.dlq` record: a submitted record the writer could not decode, and why."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    value: str
+    reason: str

@@ -1,0 +1,105 @@
+"""Back pressure: whether the api may take one more message, and when to ask again."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+log = logging.getLogger(__name__)
+
+LagReader = Callable[[], Awaitable[tuple[int, int]]]
+"""Returns (records produced, records the writer committed) summed over partitions."""
+
+
+class Refusal(Exception):
+    """The api will not take this message now; the client should retry later."""
+
+    def __init__(self, status: int, reason: str, retry_after_s: int) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+class Admission:
+    """Admits a POST only when it can be handled now; never makes a caller wait in line.
+
+    Note: three layers (DESIGN §2.2): a bounded count of sends in flight, the
+    writer's backlog (read in the background, never per request), and Kafka's
+    reachability as last seen. The counters are plain ints: all callers share one
+    event loop, and nothing awaits between a check and its update.
+    """
+
+    def __init__(self, max_inflight: int, max_backlog: int) -> None:
+        self.max_inflight = max_inflight
+        self.max_backlog = max_backlog
+        self.inflight = 0
+        self.backlog: int | None = None
+        self.drain_per_s = 0.0
+        self.kafka_reachable = True
+        self.last_refresh = 0.0
+        self._failures = 0
+
+    def check(self) -> None:
+        """Raise `Refusal` if a new message must be turned away now."""
+        if self.inflight >= self.max_inflight:
+            raise Refusal(429, "too many messages in flight", 1)
+        if self.backlog is not None and self.backlog > self.max_backlog:
+            raise Refusal(429, "the writer is behind", self.backlog_retry_after())
+        if not self.kafka_reachable:
+            raise Refusal(503, "Kafka is unavailable", 2)
+
+    def backlog_retry_after(self) -> int:
+        """Seconds until the backlog, draining at the rate last seen, is under its limit."""
+        excess = (self.backlog or 0) - self.max_backlog
+        if self.drain_per_s < 1:
+            return 5  # not draining at all (database down?): ask again soon, not never
+        return max(1, min(30, math.ceil(excess / self.drain_per_s)))
+
+    def enter(self) -> None:
+        """Count a send in flight; pair with `leave`."""
+        self.inflight += 1
+
+    def leave(self) -> None:
+        """A send in flight has finished, however it ended."""
+        self.inflight -= 1
+
+    def kafka_failed(self) -> None:
+        """A send or a lag read could not reach Kafka."""
+        self._failures += 1
+        if self._failures >= 2 and self.kafka_reachable:
+            self.kafka_reachable = False
+            log.warning("kafka unreachable: POST answers 503 until it is back")
+
+    def kafka_ok(self) -> None:
+        """Kafka answered."""
+        self._failures = 0
+        if not self.kafka_reachable:
+            self.kafka_reachable = True
+            log.info("kafka reachable again")
+
+    async def watch_backlog(self, read_lag: LagReader, every_s: float) -> None:
+        """Keep `backlog` and `drain_per_s` current until cancelled."""
+        previous: tuple[float, int] | None = None
+        while True:
+            try:
+                with anyio.fail_after(max(every_s * 5, 5)):
+                    produced, committed = await read_lag()
+            except Exception as exc:
+                log.debug("backlog read failed", extra={"error": repr(exc)})
+                self.kafka_failed()
+            else:
+                now = time.monotonic()
+                self.kafka_ok()
+                self.backlog = max(produced - committed, 0)
+                self.last_refresh = now
+                if previous is not None and now > previous[0]:
+                    rate = (committed - previous[1]) / (now - previous[0])
+                    # A moving average, so one idle second does not zero the estimate.
+                    self.drain_per_s = 0.7 * self.drain_per_s + 0.3 * max(rate, 0.0)
+                previous = (now, committed)
+            await anyio.sleep(every_s)

@@ -1,0 +1,55 @@
+"""The api's Litestar application, wired from collaborators its caller opened."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+
+from feedsvc.http import health, reads, submit
+from feedsvc.http.admission import Admission
+from feedsvc.http.errors import http_exception_handler
+from feedsvc.http.submit import Submitter
+from feedsvc.metrics import Metrics
+from feedsvc.store import MessageStore
+
+
+@dataclass(frozen=True)
+class ApiParts:
+    """Everything the handlers use; opened and closed by the process's composition root."""
+
+    store: MessageStore
+    submitter: Submitter
+    admission: Admission
+    metrics: Metrics
+
+
+def _provide(value: Any) -> Provide:
+    return Provide(lambda: value, use_cache=True, sync_to_thread=False)
+
+
+def create_app(parts: ApiParts) -> Litestar:
+    """The HTTP api over already-open resources; it opens nothing itself."""
+    return Litestar(
+        route_handlers=[
+            submit.post_message,
+            reads.list_messages,
+            reads.get_message,
+            health.live,
+            health.ready,
+            health.render_metrics,
+        ],
+        dependencies={
+            "store": _provide(parts.store),
+            "submitter": _provide(parts.submitter),
+            "admission": _provide(parts.admission),
+            "metrics": _provide(parts.metrics),
+        },
+        exception_handlers={HTTPException: http_exception_handler},
+        openapi_config=OpenAPIConfig(title="feedsvc", version="1.0.0", path="/schema"),
+        debug=False,
+    )

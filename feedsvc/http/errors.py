@@ -1,0 +1,44 @@
+"""One error body for every failure: `{"error", "detail", "field"?}`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from feedsvc.messages import Problem, encode
+
+_NAMES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+def problem(
+    status: int, detail: str, field: str | None = None, retry_after_s: int | None = None
+) -> Response[bytes]:
+    """An error response; `Retry-After` when the client should come back later."""
+    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+    body = Problem(error=_NAMES.get(status, "error"), detail=detail, field=field)
+    return Response(
+        encode(body), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def http_exception_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    """Litestar's own errors (bad query parameters, oversized bodies) in our shape."""
+    field = None
+    if isinstance(exc, ValidationException) and isinstance(exc.extra, list) and exc.extra:
+        first = exc.extra[0]
+        if isinstance(first, dict):
+            field = first.get("key")
+            detail = f"{field}: {first.get('message', exc.detail)}" if field else exc.detail
+            return problem(exc.status_code, detail, field)
+    return problem(exc.status_code, exc.detail, field)

@@ -1,0 +1,41 @@
+"""Health and metrics: `/health/live`, `/health/ready`, `/metrics`."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+from litestar import Response, get
+
+from feedsvc.http.admission import Admission
+from feedsvc.metrics import Metrics
+from feedsvc.store import MessageStore
+
+
+@get("/health/live", sync_to_thread=False)
+async def live() -> dict[str, str]:
+    """200 while the process is serving requests at all."""
+    return {"status": "live"}
+
+
+@get("/health/ready", sync_to_thread=False)
+async def ready(store: MessageStore, admission: Admission) -> Response[dict[str, object]]:
+    """200 when the database answers and Kafka answered lately; 503 naming what is down."""
+    checks: dict[str, object] = {}
+    try:
+        with anyio.fail_after(2):
+            await store.ping()
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"unavailable: {type(exc).__name__}"
+    fresh = time.monotonic() - admission.last_refresh < 10
+    checks["kafka"] = "ok" if admission.kafka_reachable and fresh else "unavailable"
+    ok = all(v == "ok" for v in checks.values())
+    checks["status"] = "ready" if ok else "not ready"
+    return Response(checks, status_code=200 if ok else 503)
+
+
+@get("/metrics", sync_to_thread=False, media_type="text/plain; version=0.0.4")
+async def render_metrics(metrics: Metrics) -> str:
+    """Prometheus text exposition."""
+    return metrics.render()

@@ -1,0 +1,143 @@
+"""Kafka adapter: topic names, clients that survive a broker that is not up yet, and lag."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import anyio
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+
+from feedsvc.config import Settings
+
+SUBMITTED = "messages.submitted"
+COMMITTED = "messages.committed"
+DLQ = "messages.dlq"
+WRITER_GROUP = "feedsvc-writer"
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def topic_partitions(settings: Settings) -> dict[str, int]:
+    """Every topic feedsvc uses with its partition count (DESIGN §3)."""
+    # messages.committed has one partition: its offset is the feed position.
+    return {SUBMITTED: settings.submitted_partitions, COMMITTED: 1, DLQ: 1}
+
+
+async def start_with_retry(
+    start: Callable[[], Awaitable[None]], what: str, attempts: int = 60
+) -> None:
+    """Call a client's `start()` until the broker answers.
+
+    Note: aiokafka's start() fails at once when no broker is reachable (DESIGN §5),
+    while in compose and after a restart the broker may come up after us.
+    """
+    delay = 0.2
+    for attempt in range(1, attempts + 1):
+        try:
+            await start()
+            return
+        except KafkaConnectionError as exc:
+            if attempt == attempts:
+                raise
+            log.warning("kafka not reachable yet", extra={"client": what, "error": str(exc)})
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+@asynccontextmanager
+async def producer(settings: Settings, **options: Any) -> AsyncIterator[AIOKafkaProducer]:
+    """An idempotent producer with `acks=all`: a send succeeds only once every replica has it."""
+    client = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        # Bounded waits everywhere: a send that cannot be delivered fails instead of hanging.
+        request_timeout_ms=int(settings.kafka_timeout_s * 1000),
+        **options,
+    )
+    await start_with_retry(client.start, "producer")
+    try:
+        yield client
+    finally:
+        await client.stop()
+
+
+@asynccontextmanager
+async def admin(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
+    """An admin client for topics and group offsets."""
+    client = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap,
+        request_timeout_ms=int(settings.kafka_timeout_s * 1000),
+    )
+    await start_with_retry(client.start, "admin")
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@asynccontextmanager
+async def consumer(
+    settings: Settings, *topics: str, **options: Any
+) -> AsyncIterator[AIOKafkaConsumer]:
+    """A consumer that commits nothing by itself; the caller decides when an offset is done."""
+    client = AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_auto_commit=False,
+        request_timeout_ms=max(int(settings.kafka_timeout_s * 1000), 30_000),
+        **options,
+    )
+    await start_with_retry(client.start, "consumer")
+    try:
+        yield client
+    finally:
+        await client.stop()
+
+
+async def ensure_topics(client: AIOKafkaAdminClient, settings: Settings) -> list[str]:
+    """Create the topics that are missing; returns the names it created."""
+    existing = set(await client.list_topics())
+    wanted = [
+        NewTopic(name, num_partitions=count, replication_factor=1)
+        for name, count in topic_partitions(settings).items()
+        if name not in existing
+    ]
+    if not wanted:
+        return []
+    # Another setup may race us to it; the topic is there, which is all we need.
+    with contextlib.suppress(TopicAlreadyExistsError):
+        await client.create_topics(wanted)
+    return [t.name for t in wanted]
+
+
+async def writer_progress(
+    admin_client: AIOKafkaAdminClient, offsets: AIOKafkaConsumer
+) -> tuple[int, int]:
+    """(records produced, records the writer group committed) on `messages.submitted`.
+
+    Note: a partition the group never committed counts from its earliest offset;
+    the difference of the two is the writer's backlog.
+    """
+    partitions = [
+        TopicPartition(SUBMITTED, p) for p in offsets.partitions_for_topic(SUBMITTED) or ()
+    ]
+    if not partitions:
+        await offsets.topics()  # refreshes metadata; the topic may just have been made
+        raise KafkaError(f"topic {SUBMITTED} has no partitions yet; has setup run?")
+    ends = await offsets.end_offsets(partitions)
+    starts = await offsets.beginning_offsets(partitions)
+    committed = await admin_client.list_consumer_group_offsets(WRITER_GROUP, partitions=partitions)
+    produced = done = 0
+    for tp in partitions:
+        mark = committed.get(tp)
+        produced += ends[tp]
+        done += mark.offset if mark is not None and mark.offset >= 0 else starts[tp]
+    return produced, done

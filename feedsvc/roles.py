@@ -1,0 +1,139 @@
+"""The three processes: what each opens, in which order, and how it stops."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from functools import partial
+
+import anyio
+import psycopg
+import uvicorn
+
+from feedsvc import kafka, schema
+from feedsvc.config import Settings
+from feedsvc.http.admission import Admission
+from feedsvc.http.app import ApiParts, create_app
+from feedsvc.http.submit import Submitter
+from feedsvc.ingest.writer import Writer
+from feedsvc.metrics import Metrics
+from feedsvc.store import MessageStore, open_pool
+
+log = logging.getLogger("feedsvc")
+
+
+def run(role: str, settings: Settings) -> int:
+    """Run a role on the event loop; returns the process exit code."""
+    main = {"api": api, "writer": writer, "setup": setup}[role]
+    anyio.run(main, settings, backend_options={"use_uvloop": True})
+    return 0
+
+
+async def api(settings: Settings) -> None:
+    """Serve HTTP until SIGTERM, then let open requests finish within the grace period."""
+    metrics = Metrics()
+    admission = Admission(settings.max_inflight, settings.max_backlog)
+    async with (
+        open_pool(settings, "api") as pool,
+        kafka.producer(settings, linger_ms=2) as producer,
+        kafka.admin(settings) as admin_client,
+        kafka.consumer(settings) as offsets,
+        anyio.create_task_group() as tasks,
+    ):
+        read_progress = partial(kafka.writer_progress, admin_client, offsets)
+        tasks.start_soon(admission.watch_backlog, read_progress, settings.backlog_refresh_s)
+        parts = ApiParts(
+            store=MessageStore(pool),
+            submitter=Submitter(producer, admission, metrics, settings.kafka_timeout_s),
+            admission=admission,
+            metrics=metrics,
+        )
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(parts),
+                host=settings.host,
+                port=settings.port,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+                # Without it uvicorn waits forever on open SSE streams at SIGTERM.
+                timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+            )
+        )
+        # uvicorn re-raises the signal it caught once it has shut down; a no-op
+        # handler lets our own `async with` blocks close Kafka and the pool after it.
+        signal.signal(signal.SIGTERM, lambda *_: None)
+        log.info("api listening", extra={"url": f"http://{settings.host}:{settings.port}"})
+        await server.serve()
+        tasks.cancel_scope.cancel()
+    log.info("api stopped")
+
+
+async def writer(settings: Settings) -> None:
+    """Store submitted messages until SIGTERM; the batch in hand is committed first."""
+    stopping = anyio.Event()
+    async with (
+        open_pool(settings, "writer") as pool,
+        kafka.producer(settings) as dlq,
+        kafka.consumer(
+            settings,
+            kafka.SUBMITTED,
+            group_id=kafka.WRITER_GROUP,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        ) as consumer,
+        anyio.create_task_group() as tasks,
+    ):
+        tasks.start_soon(_stop_on_signal, stopping)
+        log.info("writer consuming", extra={"topic": kafka.SUBMITTED, "group": kafka.WRITER_GROUP})
+        await Writer(
+            consumer, MessageStore(pool), dlq, settings.writer_batch, settings.writer_linger_ms
+        ).run(stopping)
+        tasks.cancel_scope.cancel()
+    log.info("writer stopped")
+
+
+async def _stop_on_signal(stopping: anyio.Event) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("stopping", extra={"signal": signal.Signals(signum).name})
+            stopping.set()
+            return
+
+
+async def setup(settings: Settings) -> None:
+    """Create what feedsvc needs; running it again changes nothing."""
+    async with kafka.admin(settings) as admin_client:
+        created = await kafka.ensure_topics(admin_client, settings)
+    log.info("topics ready", extra={"created": created})
+    await anyio.to_thread.run_sync(_setup_database, settings)
+
+
+def _setup_database(settings: Settings) -> None:
+    _wait_for_database(settings.database_url)
+    schema.ensure_database(settings.database_url)
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        schema.ensure_schema(conn)
+        if not schema.is_cockroach(conn):
+            log.info("schema ready (PostgreSQL: the changefeed stand-in feeds the relay)")
+            return
+        schema.configure_cluster(conn, settings.cockroach_license, settings.cockroach_organization)
+        sink = schema.changefeed_sink(settings.changefeed_sink, kafka.COMMITTED)
+        log.info("schema ready", extra={"changefeed": schema.ensure_changefeed(conn, sink)})
+
+
+def _wait_for_database(conninfo: str, timeout_s: float = 120) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            psycopg.connect(conninfo, connect_timeout=5).close()
+            return
+        except psycopg.OperationalError as exc:
+            if "does not exist" in str(exc):
+                return  # the server answers; ensure_database creates it
+            if time.monotonic() > deadline:
+                raise
+            log.warning("database not reachable yet", extra={"error": str(exc).strip()})
+            time.sleep(1)

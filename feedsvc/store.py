@@ -1,0 +1,122 @@
+"""The message table: idempotent batch insert, point and keyset reads."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from functools import lru_cache
+
+import msgspec
+import psycopg
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool
+
+from feedsvc.config import Settings
+from feedsvc.messages import Message
+
+# SQLSTATEs worth retrying: serialization failure and statement completion unknown
+# (https://www.cockroachlabs.com/docs/stable/transaction-retry-error-reference),
+# and the unlicensed multi-node throttle (too many concurrent transactions,
+# https://www.cockroachlabs.com/docs/stable/licensing-faqs#throttling).
+TRANSIENT_SQLSTATES = frozenset({"40001", "40003", "XXC02"})
+
+_COLUMNS = "id, author, text, created_at"
+
+
+class Cursor(msgspec.Struct, frozen=True, array_like=True):
+    """A position in the newest-first walk: the last (created_at, id) already seen."""
+
+    created_at: datetime
+    id: uuid.UUID
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying the same statement later can succeed."""
+    if isinstance(exc, psycopg.OperationalError | psycopg.errors.ConnectionTimeout):
+        return True  # the connection was lost or could not be made
+    return isinstance(exc, psycopg.Error) and exc.sqlstate in TRANSIENT_SQLSTATES
+
+
+@asynccontextmanager
+async def open_pool(settings: Settings, name: str) -> AsyncIterator[AsyncConnectionPool]:
+    """A small pool; it opens without waiting, so a process starts while the DB is down.
+
+    Note: the pool is kept small on purpose: an unlicensed multi-node CockroachDB
+    cluster allows 5 concurrent transactions (DESIGN §5).
+    """
+    pool: AsyncConnectionPool = AsyncConnectionPool(
+        settings.database_url,
+        min_size=1,
+        max_size=settings.db_pool_size,
+        kwargs={"autocommit": True, "connect_timeout": 5},
+        timeout=settings.kafka_timeout_s,
+        name=name,
+        open=False,
+    )
+    await pool.open(wait=False)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@lru_cache(maxsize=64)
+def _insert_statement(rows: int) -> str:
+    values = ", ".join(["(%s, %s, %s, %s)"] * rows)
+    return f"INSERT INTO messages ({_COLUMNS}) VALUES {values} ON CONFLICT (id) DO NOTHING"
+
+
+def _message(row: TupleRow) -> Message:
+    return Message(id=row[0], author=row[1], text=row[2], created_at=row[3])
+
+
+class MessageStore:
+    """Reads and writes of the `messages` table through a shared pool."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self._pool = pool
+
+    async def insert(self, messages: Sequence[Message]) -> int:
+        """Store messages whose id is not stored yet; returns how many were new.
+
+        Note: one multi-row statement is one implicit transaction, so the batch is
+        stored whole or not at all, and a retry after any failure is safe.
+        """
+        if not messages:
+            return 0
+        params: list[object] = []
+        for m in messages:
+            params += (m.id, m.author, m.text, m.created_at)
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(_insert_statement(len(messages)), params)
+            return max(cur.rowcount, 0)
+
+    async def get(self, message_id: uuid.UUID) -> Message | None:
+        """One message by id."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT {_COLUMNS} FROM messages WHERE id = %s", (message_id,)
+            )
+            row = await cur.fetchone()
+        return None if row is None else _message(row)
+
+    async def page(self, limit: int, before: Cursor | None = None) -> list[Message]:
+        """Up to `limit` messages, newest first, strictly older than `before`."""
+        where, params = "", [limit]
+        if before is not None:
+            where = "WHERE (created_at, id) < (%s, %s)"
+            params = [before.created_at, before.id, limit]  # type: ignore[list-item]
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT {_COLUMNS} FROM messages {where} "
+                "ORDER BY created_at DESC, id DESC LIMIT %s",
+                params,
+            )
+            return [_message(row) for row in await cur.fetchall()]
+
+    async def ping(self) -> None:
+        """Raise unless the database answers a query."""
+        async with self._pool.connection() as conn:
+            await conn.execute("SELECT 1")
