@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One-shot `cockroach init` for the compose stack (service roach-init).
+#
+# `cockroach init` waits for the node by itself, so it is not gated on node health:
+# a node's /health?ready=1 answers 503 until the cluster is initialized.
+# On an initialized cluster it fails with "cluster has already been initialized";
+# that is the normal answer on every `./run.sh` after the first, so it counts as
+# success, quietly. Any other failure fails the service, and setup never starts.
+# It targets one node only: initializing through different hosts could bootstrap
+# two clusters. https://www.cockroachlabs.com/docs/v25.4/cockroach-init
+set -u
+
+host="${COCKROACH_INIT_HOST:-roach1:26257}"
+
+if output="$(cockroach init --insecure --host="$host" 2>&1)"; then
+    printf '%s\n' "$output"
+    exit 0
+else
+    status=$?
+fi
+
+case "$output" in
+    *"cluster has already been initialized"*)
+        echo "CockroachDB cluster at $host was already initialized"
+        exit 0
+        ;;
+esac
+
+printf '%s\n' "$output" >&2
+echo "cockroach init --host=$host failed with exit status $status" >&2
+exit "$status"
