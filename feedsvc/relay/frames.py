@@ -1,0 +1,143 @@
+"""Server-Sent Events frames of the feed, pre-encoded once as bytes, and the feed's event ids.
+
+Frame syntax: https://html.spec.whatwg.org/multipage/server-sent-events.html#parsing-an-event-stream
+Every `data:` payload is one line of JSON: msgspec escapes newlines inside strings, and an
+SSE line break inside `data:` would otherwise split the payload.
+
+Event id `"<offset>-<tag>"`: the Kafka offset of the record in `messages.committed` (one
+partition, so the offset is the feed position) and the first 8 hex digits of the message
+id, so that a resume against a recreated topic, where that offset holds another message,
+is detected. `"<offset>"` alone names a position without that check.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import NamedTuple
+
+import msgspec
+
+from feedsvc.messages import Message
+from feedsvc.relay.changefeed import Delete, Row
+
+PING = b": ping\n\n"
+"""A comment heartbeat: keeps proxies from closing an idle stream, dispatches no event."""
+
+_EVENT_ID = re.compile(r"^(-1|0|[1-9][0-9]{0,18})(?:-([0-9a-f]{8}))?$")
+_encoder = msgspec.json.Encoder()
+
+
+class Deleted(msgspec.Struct, frozen=True):
+    """The `data:` of an `event: delete`: the message that no longer exists."""
+
+    id: uuid.UUID
+
+
+class ResetNotice(msgspec.Struct, frozen=True):
+    """The `data:` of an `event: reset`: the resume position could not be served."""
+
+    reason: str
+
+
+class ResumeNotice(msgspec.Struct, frozen=True):
+    """The `data:` of an `event: resume`: reconnect with `last_event_id` to continue."""
+
+    last_event_id: str
+    reason: str
+
+
+class EventId(NamedTuple):
+    """A parsed event id: the offset last seen, and the message tag expected there."""
+
+    offset: int
+    tag: str | None
+
+    def __str__(self) -> str:
+        return str(self.offset) if self.tag is None else f"{self.offset}-{self.tag}"
+
+
+def tag_of(message_id: uuid.UUID) -> str:
+    """The tag of a message id in event ids: its first 8 hex digits."""
+    return message_id.hex[:8]
+
+
+def event_id(offset: int, message_id: uuid.UUID) -> str:
+    """The SSE id of the event at `offset` carrying message `message_id`."""
+    return f"{offset}-{message_id.hex[:8]}"
+
+
+def parse_event_id(text: str) -> EventId | None:
+    """An event id sent back as `Last-Event-ID`, or None when it is not one of ours."""
+    match = _EVENT_ID.match(text.strip())
+    if match is None or (match.group(1) == "-1" and match.group(2) is not None):
+        return None
+    return EventId(int(match.group(1)), match.group(2))
+
+
+def event_frame(offset: int, event: Row | Delete) -> tuple[str, bytes]:
+    """The event id and the frame of a changefeed row or delete at `offset`."""
+    if isinstance(event, Row):
+        eid = event_id(offset, event.message.id)
+        return eid, message_frame(eid, event.message)
+    eid = event_id(offset, event.id)
+    return eid, delete_frame(eid, event.id)
+
+
+def message_frame(eid: str, message: Message) -> bytes:
+    """`event: message` carrying the message as JSON."""
+    return b"".join(
+        (b"id: ", eid.encode(), b"\nevent: message\ndata: ", _encoder.encode(message), b"\n\n")
+    )
+
+
+def delete_frame(eid: str, message_id: uuid.UUID) -> bytes:
+    """`event: delete` carrying `{"id": ...}` of the deleted message."""
+    return b"".join(
+        (
+            b"id: ",
+            eid.encode(),
+            b"\nevent: delete\ndata: ",
+            _encoder.encode(Deleted(message_id)),
+            b"\n\n",
+        )
+    )
+
+
+def reset_frame(eid: str, reason: str) -> bytes:
+    """`event: reset`: the client's position is lost; history from scratch follows."""
+    return b"".join(
+        (
+            b"id: ",
+            eid.encode(),
+            b"\nevent: reset\ndata: ",
+            _encoder.encode(ResetNotice(reason)),
+            b"\n\n",
+        )
+    )
+
+
+def resume_frame(eid: str, reason: str) -> bytes:
+    """`event: resume`, the last frame of a stream the server ends; `id:` repeats the last one."""
+    return b"".join(
+        (
+            b"id: ",
+            eid.encode(),
+            b"\nevent: resume\ndata: ",
+            _encoder.encode(ResumeNotice(eid, reason)),
+            b"\n\n",
+        )
+    )
+
+
+def id_frame(eid: str) -> bytes:
+    """Only `id:`: moves the client's Last-Event-ID past an event it must not see twice.
+
+    Note: per the SSE spec the id is taken even though no event is dispatched (no data).
+    """
+    return b"".join((b"id: ", eid.encode(), b"\n\n"))
+
+
+def retry_frame(milliseconds: int) -> bytes:
+    """`retry:`: how long the browser waits before reconnecting."""
+    return f"retry: {int(milliseconds)}\n\n".encode()
