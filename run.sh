@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Build and start feedsvc on Docker, wait until every service is healthy (the
+# one-shots roach-init and setup: finished with exit 0), then print where things
+# are. Running it again on a running stack changes nothing and succeeds; it never
+# deletes data. ./stop.sh stops the stack.
+#
+# FEEDSVC_START_TIMEOUT (seconds, default 600) bounds the wait for health; pulling
+# the images on a first run comes before it.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+timeout_s="${FEEDSVC_START_TIMEOUT:-600}"
+one_shots=" roach-init setup "
+
+die() {
+    printf 'run.sh: %s\n' "$*" >&2
+    exit 1
+}
+
+# --- Docker and Compose v2 are there ------------------------------------------
+command -v docker >/dev/null 2>&1 ||
+    die "Docker is not installed. Install Docker Engine or Docker Desktop: https://docs.docker.com/get-docker/"
+if ! docker info >/dev/null 2>&1; then
+    die "cannot reach the Docker engine; is it running, and may this user use it? 'docker info' says:
+$(docker info 2>&1 | tail -n 5)"
+fi
+version="$(docker compose version --short 2>/dev/null)" ||
+    die "Docker Compose v2 (the 'docker compose' plugin) is missing: https://docs.docker.com/compose/install/"
+version="${version#v}"
+major="${version%%.*}"
+minor="${version#*.}"
+minor="${minor%%.*}"
+# --wait counts a one-shot that another service depends on with
+# service_completed_successfully as done when it exits 0; 2.20 has that.
+if ! [[ "$major" =~ ^[0-9]+$ && "$minor" =~ ^[0-9]+$ ]] ||
+    ((major < 2 || (major == 2 && minor < 20))); then
+    die "Docker Compose $version is too old; 2.20 or newer is needed: https://docs.docker.com/compose/install/"
+fi
+
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+
+# --- Build, start, wait -------------------------------------------------------
+echo "Building the feedsvc image (the first build takes a few minutes)..."
+if ! docker compose build >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    die "building the image failed (output above)"
+fi
+
+# Lists each container that is not where it should be, with its last log lines.
+report_failure() {
+    echo >&2
+    echo "run.sh: the stack did not become healthy (waited up to ${timeout_s}s). Compose said:" >&2
+    tail -n 15 "$log" >&2
+    local states service state health code what seen=" " all
+    states="$(docker compose ps --all --format '{{.Service}}|{{.State}}|{{.Health}}|{{.ExitCode}}')" || true
+    while IFS='|' read -r service state health code; do
+        [ -n "$service" ] || continue
+        seen="$seen$service "
+        if [[ "$one_shots" == *" $service "* ]]; then
+            [ "$state" = exited ] && [ "$code" = 0 ] && continue
+        else
+            [ "$state" = running ] && { [ -z "$health" ] || [ "$health" = healthy ]; } && continue
+        fi
+        what="$state${health:+, $health}"
+        [ "$state" = exited ] && what="$what, exit status $code"
+        echo >&2
+        echo "== $service is $what; its last log lines:" >&2
+        docker compose logs --no-color --tail 30 "$service" >&2 || true
+    done <<<"$states"
+    all="$(docker compose config --services)" || true
+    for service in $all; do
+        [[ "$seen" == *" $service "* ]] ||
+            echo "== $service was not started: a service it depends on did not get ready" >&2
+    done
+    echo >&2
+    echo "Inspect with: docker compose ps --all; docker compose logs SERVICE. Data is kept; fix and run ./run.sh again." >&2
+}
+
+echo "Starting the stack and waiting until it is healthy (up to ${timeout_s}s)..."
+if ! docker compose up --detach --wait --wait-timeout "$timeout_s" --quiet-pull >"$log" 2>&1; then
+    report_failure
+    exit 1
+fi
+
+# --- Where things are ---------------------------------------------------------
+# The published address, e.g. 127.0.0.1:8000 (a free port when the .env left it empty).
+address() { docker compose port "$1" "$2" 2>/dev/null | tail -n 1; }
+api="$(address api 8000)"
+console="$(address roach1 8080)"
+sql="$(address roach1 26257)"
+kafka="$(address kafka 9094)"
+bot="$(address bot 8001)"
+
+cat <<EOF
+
+feedsvc is up.
+  Feed page            http://${api}/
+  OpenAPI UI           http://${api}/schema
+  CockroachDB console  http://${console}/
+  SQL shell            docker compose exec roach1 cockroach sql --insecure --database=feedsvc
+                       (or with a local cockroach binary: cockroach sql --insecure --url "postgresql://root@${sql}/feedsvc?sslmode=disable")
+  Kafka from the host  ${kafka}
+  Bot message rate     http://${bot}/rate (GET to read, PUT to change)
+  Logs                 docker compose logs -f api writer
+  Stop                 ./stop.sh (keeps the data), ./stop.sh --purge (deletes it)
+EOF

@@ -1,0 +1,252 @@
+"""compose.yaml and the Dockerfile keep the deployment's invariants.
+
+The compose file is read through the real Compose loader (`config --format json`,
+the binary scripts/check-static provides), so interpolation, anchors and defaults
+are resolved exactly as `docker compose up` resolves them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import psycopg.conninfo
+import pytest
+from msgspec.structs import fields
+
+from feedsvc.config import PREFIX, Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+ROACHES = ("roach1", "roach2", "roach3")
+ONE_SHOTS = ("roach-init", "setup")
+# name:1.2.3 or name:v1.2.3, optionally with a suffix (-slim-bookworm) and a digest.
+PINNED = re.compile(
+    r"^[a-z0-9][a-z0-9./_-]*:v?\d+\.\d+\.\d+(?:-[a-z0-9.-]+)?(?:@sha256:[0-9a-f]{64})?$"
+)
+
+Config = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def compose() -> list[str]:
+    """The Compose CLI: the docker plugin, or the one check-static builds."""
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "check-static"), "--compose-bin"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=True,
+    )
+    found = done.stdout.strip()
+    return ["docker", "compose"] if found == "docker compose" else [found]
+
+
+@pytest.fixture(scope="module")
+def load(compose: list[str], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Load compose.yaml with only the given variables set, as a fresh clone would."""
+    empty = tmp_path_factory.mktemp("env") / "empty.env"
+    empty.write_text("")
+
+    def run(env_file: Path = empty, profile: str | None = None, **variables: str) -> Config:
+        env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **variables}
+        argv = [*compose, "--project-directory", str(ROOT), "-f", str(ROOT / "compose.yaml")]
+        argv += ["--env-file", str(env_file)]
+        if profile:
+            argv += ["--profile", profile]
+        done = subprocess.run(
+            [*argv, "config", "--format", "json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        config: Config = json.loads(done.stdout)
+        return config
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def services(load: Any) -> dict[str, Any]:
+    """The services of the default (user) stack."""
+    return dict(load()["services"])
+
+
+def flag(args: list[str], name: str) -> str:
+    """The value of `--name=value` in a command line."""
+    values = [a.split("=", 1)[1] for a in args if a.startswith(f"{name}=")]
+    assert len(values) == 1, f"{name} appears {len(values)} times in {args}"
+    return values[0]
+
+
+def seconds(duration: str) -> float:
+    """A Go duration as Compose prints it (`1m30s`, `30s`, `500ms`) in seconds."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def test_three_nodes_join_each_other(services: dict[str, Any]) -> None:
+    """Each node starts insecure, joins all three, and advertises its own name."""
+    for name in ROACHES:
+        args = services[name]["command"]
+        assert args[0] == "start" and "--insecure" in args
+        assert sorted(flag(args, "--join").split(",")) == [f"{r}:26257" for r in ROACHES]
+        assert flag(args, "--advertise-addr") == f"{name}:26257"
+        assert flag(args, "--cache") and flag(args, "--max-sql-memory")
+
+
+def test_each_node_keeps_its_data_in_its_own_named_volume(services: dict[str, Any]) -> None:
+    """Node data lives in named volumes (never bind mounts), one per node."""
+    sources = []
+    for name in ROACHES:
+        data = [v for v in services[name]["volumes"] if v["target"] == "/cockroach/cockroach-data"]
+        assert len(data) == 1 and data[0]["type"] == "volume"
+        sources.append(data[0]["source"])
+    assert len(set(sources)) == len(ROACHES)
+
+
+def test_init_runs_once_against_one_node_without_waiting_for_health(
+    services: dict[str, Any],
+) -> None:
+    """roach-init runs our script against roach1 as soon as the nodes have started."""
+    init = services["roach-init"]
+    assert init["depends_on"] == {
+        r: {"condition": "service_started", "required": True} for r in ROACHES
+    }
+    assert init["environment"]["COCKROACH_INIT_HOST"] == "roach1:26257"
+    mounts = {v["target"]: v["source"] for v in init["volumes"]}
+    script = [t for t in init["entrypoint"] if t in mounts]
+    assert len(script) == 1
+    assert Path(mounts[script[0]]) == ROOT / "cockroach" / "init-cluster.sh"
+
+
+def test_setup_waits_for_cluster_init_and_kafka_health(services: dict[str, Any]) -> None:
+    """setup starts only after `cockroach init` succeeded and Kafka answers."""
+    assert services["setup"]["command"] == ["python", "-m", "feedsvc", "setup"]
+    assert services["setup"]["depends_on"] == {
+        "roach-init": {"condition": "service_completed_successfully", "required": True},
+        "kafka": {"condition": "service_healthy", "required": True},
+    }
+
+
+def test_app_starts_after_setup_and_bot_after_a_healthy_api(services: dict[str, Any]) -> None:
+    """api and writer wait for setup to finish; the bot waits for a healthy api."""
+    for name in ("api", "writer"):
+        assert services[name]["depends_on"]["setup"]["condition"] == (
+            "service_completed_successfully"
+        )
+    assert services["bot"]["depends_on"]["api"]["condition"] == "service_healthy"
+
+
+def test_one_shots_run_once_and_the_rest_restart(services: dict[str, Any]) -> None:
+    """roach-init and setup never restart; every long-running service does."""
+    for name, service in services.items():
+        if name in ONE_SHOTS:
+            assert service.get("restart") == "no", name
+        else:
+            assert service.get("restart") in ("unless-stopped", "always"), name
+
+
+def test_every_long_running_service_has_a_healthcheck(services: dict[str, Any]) -> None:
+    """`up --wait` and depends_on can only trust services that report their health."""
+    for name, service in services.items():
+        if name in ONE_SHOTS:
+            continue
+        check = service.get("healthcheck") or {}
+        assert not check.get("disable"), name
+        assert check.get("test") and check["test"][0] in ("CMD", "CMD-SHELL"), name
+
+
+def test_host_ports_bind_to_loopback_only(load: Any) -> None:
+    """Every published port, test profile included, is reachable from this host only."""
+    for config in (load(), load(profile="test"), load(env_file=ROOT / ".env.example")):
+        for name, service in config["services"].items():
+            for port in service.get("ports", []):
+                assert port.get("host_ip") == "127.0.0.1", (name, port)
+
+
+def test_test_mode_publishes_no_fixed_port(load: Any) -> None:
+    """With the ports scripts/test-in-docker empties, Docker picks free host ports."""
+    script = (ROOT / "scripts" / "test-in-docker").read_text()
+    compose_text = (ROOT / "compose.yaml").read_text()
+    variables = sorted(set(re.findall(r"\$\{(FEEDSVC_\w+_PORT)-", compose_text)))
+    assert variables
+    for variable in variables:
+        assert f'{variable}=""' in script, variable
+    config = load(profile="test", **dict.fromkeys(variables, ""))
+    for name, service in config["services"].items():
+        for port in service.get("ports", []):
+            assert not port.get("published"), (name, port)
+
+
+def test_every_image_is_pinned_to_an_exact_version(load: Any) -> None:
+    """External images name an exact release; ours are built locally and never `latest`."""
+    for name, service in load(profile="test")["services"].items():
+        image = service["image"]
+        if "build" in service:
+            assert ":" in image and not image.endswith(":latest"), name
+        else:
+            assert PINNED.match(image), (name, image)
+
+
+def test_dockerfile_bases_are_pinned_and_runtime_is_not_root() -> None:
+    """Every FROM is a pinned image or an earlier stage; the last stage runs as a user."""
+    stages: list[str] = []
+    user = ""
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["FROM"]:
+            base = words[1]
+            assert base in stages or PINNED.match(base), base
+            stages.append(words[3] if len(words) >= 4 and words[2].upper() == "AS" else base)
+            user = ""
+        elif words[:1] == ["USER"]:
+            user = words[1]
+    assert stages[-1] == "runtime"
+    assert user and user.split(":")[0] not in ("root", "0")
+
+
+def test_stop_grace_outlasts_the_graceful_shutdown(load: Any) -> None:
+    """Compose waits longer than uvicorn's graceful timeout before it kills the app."""
+    for config in (load(), load(env_file=ROOT / ".env.example")):
+        for name in ("api", "writer"):
+            service = config["services"][name]
+            grace = float(service["environment"]["FEED_SHUTDOWN_GRACE_S"])
+            assert seconds(service["stop_grace_period"]) >= grace + 10, name
+
+
+def test_app_gets_only_settings_feedsvc_knows(load: Any) -> None:
+    """feedsvc refuses unknown FEED_* variables, so compose must pass none."""
+    known = {PREFIX + f.name.upper() for f in fields(Settings)}
+    for name, service in load(profile="test")["services"].items():
+        passed = {k for k in service.get("environment") or {} if k.startswith(PREFIX)}
+        assert passed <= known, (name, passed - known)
+
+
+def test_app_reaches_every_node(services: dict[str, Any]) -> None:
+    """api and writer list all three nodes, so losing one does not stop them."""
+    for name in ("api", "writer"):
+        url = services[name]["environment"]["FEED_DATABASE_URL"]
+        params = psycopg.conninfo.conninfo_to_dict(url)
+        assert str(params["host"]).split(",") == list(ROACHES), name
+        assert params["dbname"] == "feedsvc"
+
+
+def test_env_example_names_only_variables_compose_reads(load: Any) -> None:
+    """Each knob in .env.example is one compose.yaml reads, and the file loads."""
+    text = (ROOT / "compose.yaml").read_text()
+    example = (ROOT / ".env.example").read_text()
+    names = re.findall(r"^([A-Z][A-Z0-9_]*)=", example, flags=re.MULTILINE)
+    assert names
+    for name in names:
+        assert re.search(r"\$\{" + name + r"\b", text), name
+    api = load(env_file=ROOT / ".env.example", FEEDSVC_API_PORT="18000")["services"]["api"]
+    assert api["ports"][0]["published"] == "18000"
