@@ -101,7 +101,8 @@ feedsvc is up.
   SQL shell            docker compose exec roach1 cockroach sql --insecure --database=feedsvc
                        (or with a local cockroach binary: cockroach sql --insecure --url "postgresql://root@${sql}/feedsvc?sslmode=disable")
   Kafka from the host  ${kafka}
-  Bot message rate     http://${bot}/rate (GET to read, PUT to change)
+  Bot message rate     curl http://${bot}/rate
+                       curl -X PUT -H 'Content-Type: application/json' -d '{"rate": 50}' http://${bot}/rate   (messages per second)
   Logs                 docker compose logs -f api writer
   Stop                 ./stop.sh (keeps the data), ./stop.sh --purge (deletes it)
 EOF

@@ -18,6 +18,8 @@ import psycopg.conninfo
 import pytest
 from msgspec.structs import fields
 
+from bot.config import PREFIX as BOT_PREFIX
+from bot.config import Settings as BotSettings
 from feedsvc.config import PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -223,12 +225,13 @@ def test_stop_grace_outlasts_the_graceful_shutdown(load: Any) -> None:
             assert seconds(service["stop_grace_period"]) >= grace + 10, name
 
 
-def test_app_gets_only_settings_feedsvc_knows(load: Any) -> None:
-    """feedsvc refuses unknown FEED_* variables, so compose must pass none."""
-    known = {PREFIX + f.name.upper() for f in fields(Settings)}
-    for name, service in load(profile="test")["services"].items():
-        passed = {k for k in service.get("environment") or {} if k.startswith(PREFIX)}
-        assert passed <= known, (name, passed - known)
+def test_processes_get_only_settings_they_know(load: Any) -> None:
+    """feedsvc and the bot refuse unknown FEED_* / BOT_* variables, so compose passes none."""
+    for prefix, struct in ((PREFIX, Settings), (BOT_PREFIX, BotSettings)):
+        known = {prefix + f.name.upper() for f in fields(struct)}
+        for name, service in load(profile="test")["services"].items():
+            passed = {k for k in service.get("environment") or {} if k.startswith(prefix)}
+            assert passed <= known, (name, passed - known)
 
 
 def test_app_reaches_every_node(services: dict[str, Any]) -> None:
