@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # One image for every role: `python -m feedsvc api|writer|setup`, `python -m bot`.
 # Stages: builder (uv resolves the committed uv.lock into /app/.venv), test (the same
 # venv plus the dev group and the test suite, for scripts/test-in-docker), and the
@@ -11,33 +10,31 @@
 FROM python:3.11.14-slim-bookworm AS builder
 # uv from PyPI, pinned to the version that wrote uv.lock.
 RUN pip install --no-cache-dir uv==0.13.9
-# Compile bytecode once at build time; copy instead of hard-linking from the cache
-# mount; never download an interpreter (pyproject: python-preference only-system).
+# Compile bytecode once at build time; keep no download cache in the layers (no
+# cache mounts either, so the classic builder works as well as BuildKit); never
+# download an interpreter (pyproject: python-preference only-system).
 # https://docs.astral.sh/uv/guides/integration/docker/#compiling-bytecode
 ENV UV_COMPILE_BYTECODE=1 \
-    UV_LINK_MODE=copy \
+    UV_NO_CACHE=1 \
     UV_PYTHON_DOWNLOADS=never \
     UV_PROJECT_ENVIRONMENT=/app/.venv
 WORKDIR /src
 # Dependencies first, in their own layer: it is rebuilt only when the lock changes.
 # https://docs.astral.sh/uv/guides/integration/docker/#intermediate-layers
 COPY pyproject.toml uv.lock ./
-RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-install-project --no-editable
+RUN uv sync --frozen --no-dev --no-install-project --no-editable
 # Then the project itself, installed non-editable so the venv alone is the app.
 COPY README.md ./
 COPY feedsvc/ feedsvc/
 COPY bot/ bot/
-RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-editable
+RUN uv sync --frozen --no-dev --no-editable
 
 FROM builder AS test
 # The dev group (pytest, ...) and the suite; runs from /src so pyproject's pytest
 # settings (pythonpath, markers, filterwarnings) apply as they do natively.
 COPY tests/ tests/
 COPY scripts/ scripts/
-RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-editable
+RUN uv sync --frozen --no-editable
 ENV PATH=/app/.venv/bin:$PATH \
     PYTHONUNBUFFERED=1
 CMD ["python", "-m", "pytest"]
