@@ -52,8 +52,17 @@ report_failure() {
     echo >&2
     echo "run.sh: the stack did not become healthy (waited up to ${timeout_s}s). Compose said:" >&2
     tail -n 15 "$log" >&2
-    local states service state health code what seen=" " all
-    states="$(docker compose ps --all --format '{{.Service}}|{{.State}}|{{.Health}}|{{.ExitCode}}')" || true
+    local states="" service state health code what seen=" " reported=" " all
+    # `docker inspect` templates work with every Compose version (`compose ps
+    # --format` takes templates only in recent ones).
+    local ids
+    ids="$(docker compose ps --all --quiet)" || true
+    if [ -n "$ids" ]; then
+        # shellcheck disable=SC2086 # one argument per container id
+        states="$(docker inspect --format \
+            '{{index .Config.Labels "com.docker.compose.service"}}|{{.State.Status}}|{{if .State.Health}}{{.State.Health.Status}}{{end}}|{{.State.ExitCode}}' \
+            $ids)" || true
+    fi
     while IFS='|' read -r service state health code; do
         [ -n "$service" ] || continue
         seen="$seen$service "
@@ -62,6 +71,8 @@ report_failure() {
         else
             [ "$state" = running ] && { [ -z "$health" ] || [ "$health" = healthy ]; } && continue
         fi
+        [[ "$reported" == *" $service "* ]] && continue
+        reported="$reported$service "
         what="$state${health:+, $health}"
         [ "$state" = exited ] && what="$what, exit status $code"
         echo >&2

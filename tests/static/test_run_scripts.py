@@ -28,11 +28,13 @@ case "$*" in
   "compose build") echo built ;;
   compose\ up*)
     if [ -n "$FAKE_UP_ERROR" ]; then echo "$FAKE_UP_ERROR" >&2; exit 1; fi ;;
-  compose\ ps*)
+  "compose ps --all --quiet") printf '%s\n' c1 c2 c3 c4 c5 c6 ;;
+  inspect\ --format*)
+    [ "${*: -6}" = "c1 c2 c3 c4 c5 c6" ] || exit 4
     printf '%s\n' 'roach1|running|healthy|0' 'roach-init|exited||0' 'kafka|running|healthy|0' \
-      'setup|exited||1' ;;
+      'setup|exited||1' 'writer|restarting|unhealthy|1' 'writer|restarting|unhealthy|1' ;;
   "compose config --services")
-    printf '%s\n' roach1 roach-init kafka setup api ;;
+    printf '%s\n' roach1 roach-init kafka setup writer api ;;
   compose\ logs*) echo "last lines of ${*: -1}" ;;
   "compose port api 8000") echo 127.0.0.1:18000 ;;
   compose\ port*) echo 127.0.0.1:1 ;;
@@ -90,6 +92,7 @@ def test_run_names_the_failed_service_with_its_logs(tmp_path: Path) -> None:
     assert "setup is exited, exit status 1" in done.stderr
     assert "last lines of setup" in done.stderr
     assert "api was not started" in done.stderr
+    assert done.stderr.count("== writer is restarting, unhealthy;") == 1
     assert "roach1 is" not in done.stderr and "roach-init is" not in done.stderr
 
 
