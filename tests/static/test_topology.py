@@ -26,10 +26,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # The static checks run natively (CI, ./test.sh without Docker); the test image of
 # scripts/test-in-docker has neither the compose files nor a Compose CLI.
-pytestmark = pytest.mark.skipif(
-    os.environ.get("FEEDSVC_TEST_BACKEND") == "cockroach",
-    reason="static checks run in native mode, not inside the test container",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        os.environ.get("FEEDSVC_TEST_BACKEND") == "cockroach",
+        reason="static checks run in native mode, not inside the test container",
+    ),
+    # On a fresh machine the first test waits for check-static to build Compose.
+    pytest.mark.timeout(900),
+]
 ROACHES = ("roach1", "roach2", "roach3")
 ONE_SHOTS = ("roach-init", "setup")
 # name:1.2.3 or name:v1.2.3, optionally with a suffix (-slim-bookworm) and a digest.
