@@ -11,7 +11,13 @@ from typing import Any, TypeVar
 import anyio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    CoordinatorLoadInProgressError,
+    GroupCoordinatorNotAvailableError,
+    KafkaConnectionError,
+    KafkaError,
+    TopicAlreadyExistsError,
+)
 
 from feedsvc.config import Settings
 
@@ -118,26 +124,42 @@ async def ensure_topics(client: AIOKafkaAdminClient, settings: Settings) -> list
     return [t.name for t in wanted]
 
 
-async def writer_progress(
-    admin_client: AIOKafkaAdminClient, offsets: AIOKafkaConsumer
-) -> tuple[int, int]:
-    """(records produced, records the writer group committed) on `messages.submitted`.
+class LagUnknown(Exception):
+    """Kafka answered, but cannot tell the writer's progress yet (e.g. a new coordinator)."""
 
-    Note: a partition the group never committed counts from its earliest offset;
-    the difference of the two is the writer's backlog.
-    """
-    partitions = [
-        TopicPartition(SUBMITTED, p) for p in offsets.partitions_for_topic(SUBMITTED) or ()
-    ]
-    if not partitions:
-        await offsets.topics()  # refreshes metadata; the topic may just have been made
-        raise KafkaError(f"topic {SUBMITTED} has no partitions yet; has setup run?")
-    ends = await offsets.end_offsets(partitions)
-    starts = await offsets.beginning_offsets(partitions)
-    committed = await admin_client.list_consumer_group_offsets(WRITER_GROUP, partitions=partitions)
-    produced = done = 0
-    for tp in partitions:
-        mark = committed.get(tp)
-        produced += ends[tp]
-        done += mark.offset if mark is not None and mark.offset >= 0 else starts[tp]
-    return produced, done
+
+class WriterProgress:
+    """Reads how far the writer group is behind on `messages.submitted`."""
+
+    def __init__(self, admin_client: AIOKafkaAdminClient, offsets: AIOKafkaConsumer) -> None:
+        self.admin = admin_client
+        self.offsets = offsets
+        self.partitions: list[TopicPartition] = []
+
+    async def __call__(self) -> tuple[int, int]:
+        """(records produced, records the writer group committed), summed over partitions.
+
+        Note: a partition the group never committed counts from its earliest offset;
+        the difference of the two is the writer's backlog.
+        """
+        if not self.partitions:
+            described = await self.admin.describe_topics([SUBMITTED])
+            found = [p["partition"] for t in described for p in t.get("partitions", ())]
+            if not found:
+                raise KafkaError(f"topic {SUBMITTED} has no partitions; has setup run?")
+            self.partitions = [TopicPartition(SUBMITTED, p) for p in sorted(found)]
+        ends = await self.offsets.end_offsets(self.partitions)
+        starts = await self.offsets.beginning_offsets(self.partitions)
+        try:
+            committed = await self.admin.list_consumer_group_offsets(
+                WRITER_GROUP, partitions=self.partitions
+            )
+        except (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError) as exc:
+            # A fresh broker creates its offsets topic on first use; this passes.
+            raise LagUnknown(str(exc)) from exc
+        produced = done = 0
+        for tp in self.partitions:
+            mark = committed.get(tp)
+            produced += ends[tp]
+            done += mark.offset if mark is not None and mark.offset >= 0 else starts[tp]
+        return produced, done

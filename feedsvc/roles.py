@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import signal
-from functools import partial
 
 import anyio
 import psycopg
@@ -40,8 +39,8 @@ async def api(settings: Settings) -> None:
         kafka.consumer(settings) as offsets,
         anyio.create_task_group() as tasks,
     ):
-        read_progress = partial(kafka.writer_progress, admin_client, offsets)
-        tasks.start_soon(admission.watch_backlog, read_progress, settings.backlog_refresh_s)
+        progress = kafka.WriterProgress(admin_client, offsets)
+        tasks.start_soon(admission.watch_backlog, progress, settings.backlog_refresh_s)
         parts = ApiParts(
             store=MessageStore(pool),
             submitter=Submitter(producer, admission, metrics, settings.kafka_timeout_s),
@@ -105,7 +104,7 @@ async def setup(settings: Settings) -> None:
     """Create what feedsvc needs; running it again changes nothing."""
     async with kafka.admin(settings) as admin_client:
         created = await kafka.ensure_topics(admin_client, settings)
-    log.info("topics ready", extra={"created": created})
+    log.info("topics ready", extra={"topics_created": created})
     await anyio.to_thread.run_sync(_setup_database, settings)
 
 

@@ -52,4 +52,6 @@ def create_app(parts: ApiParts) -> Litestar:
         exception_handlers={HTTPException: http_exception_handler},
         openapi_config=OpenAPIConfig(title="feedsvc", version="1.0.0", path="/schema"),
         debug=False,
+        # Logging is configured once per process by feedsvc.logs, not by the framework.
+        logging_config=None,
     )

@@ -12,13 +12,13 @@ from feedsvc.metrics import Metrics
 from feedsvc.store import MessageStore
 
 
-@get("/health/live", sync_to_thread=False)
+@get("/health/live")
 async def live() -> dict[str, str]:
     """200 while the process is serving requests at all."""
     return {"status": "live"}
 
 
-@get("/health/ready", sync_to_thread=False)
+@get("/health/ready")
 async def ready(store: MessageStore, admission: Admission) -> Response[dict[str, object]]:
     """200 when the database answers and Kafka answered lately; 503 naming what is down."""
     checks: dict[str, object] = {}
@@ -35,7 +35,7 @@ async def ready(store: MessageStore, admission: Admission) -> Response[dict[str,
     return Response(checks, status_code=200 if ok else 503)
 
 
-@get("/metrics", sync_to_thread=False, media_type="text/plain; version=0.0.4")
+@get("/metrics", media_type="text/plain; version=0.0.4")
 async def render_metrics(metrics: Metrics) -> str:
     """Prometheus text exposition."""
     return metrics.render()

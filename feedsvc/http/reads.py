@@ -30,7 +30,7 @@ def decode_cursor(token: str) -> Cursor:
         raise ValueError("before is not a cursor this api issued") from exc
 
 
-@get("/messages", sync_to_thread=False)
+@get("/messages")
 async def list_messages(
     store: MessageStore,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 50,
@@ -55,7 +55,7 @@ async def list_messages(
     )
 
 
-@get("/messages/{message_id:str}", sync_to_thread=False)
+@get("/messages/{message_id:str}")
 async def get_message(store: MessageStore, message_id: str) -> Response[bytes]:
     """One stored message, or 404 (also while it is accepted but not stored yet)."""
     try:

@@ -82,7 +82,7 @@ def _is_json(content_type: str) -> bool:
     )
 
 
-@post("/messages", request_max_body_size=MAX_BODY_BYTES, status_code=202, sync_to_thread=False)
+@post("/messages", request_max_body_size=MAX_BODY_BYTES, status_code=202)
 async def post_message(request: Request[Any, Any, Any], submitter: Submitter) -> Response[bytes]:
     """Accept a message: 202 once Kafka has it; 400/413/415 for bad input; 429/503 when busy."""
     if not _is_json(request.headers.get("content-type", "")):
