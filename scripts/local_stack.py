@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import fcntl
 import json
 import os
 import pwd
@@ -26,7 +27,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -662,6 +663,10 @@ class Service:
         return log_tail(self.log_path, lines)
 
 
+# The api last: its readiness wait gives the others time to fail visibly first.
+ROLES = ("writer", "changefeed", "api")
+
+
 class Stack:
     """PostgreSQL, Kafka and the feedsvc processes under one root, for `local-stack`.
 
@@ -669,23 +674,24 @@ class Stack:
     are left alone) and `down`/`status` work from another shell.
     """
 
-    ROLES = ("writer", "api", "changefeed")
-
     def __init__(
         self,
         root: Path = DEFAULT_ROOT,
         extra_env: Mapping[str, str] | None = None,
         *,
+        roles: Sequence[str] = ROLES,
         log: Callable[[str], None] = print,
     ) -> None:
         self.root = root.resolve()
         self.extra_env = dict(extra_env or {})
+        # The processes `up` starts; a test that runs its own stand-in leaves "changefeed" out.
+        self.roles = tuple(r for r in ROLES if r in roles)
         self._log = log
         self._state_path = self.root / "state.json"
-        self.state = self._load_state()
-        ports = self.state["ports"]
-        self.postgres = Postgres(self.root / "postgres", ports["postgres"])
-        self.kafka = KafkaBroker(self.root / "kafka", ports["kafka"], ports["kafka_controller"])
+        self.state: dict[str, Any] = {}
+        self._services: dict[str, Service] = {}
+        with self._flock():
+            self._refresh()
 
     @property
     def api_url(self) -> str:
@@ -709,20 +715,76 @@ class Stack:
 
     def service(self, role: str) -> Service:
         """The process of `role` (writer, api, changefeed), adopting a pid from state.json."""
-        if role == "changefeed":
-            argv = [sys.executable, str(STANDIN)]
-        else:
-            argv = [sys.executable, "-m", "feedsvc", role]
-        return Service(
-            role,
-            argv,
-            self.env(),
-            self.root / "logs" / f"{role}.log",
-            pid=self.state["pids"].get(role),
-        )
+        # Kept, so that a process started here stays referenced (and is reaped) until down.
+        svc = self._services.get(role)
+        if svc is None or (svc.returncode is not None or svc.pid is None):
+            if role == "changefeed":
+                argv = [sys.executable, str(STANDIN)]
+            else:
+                argv = [sys.executable, "-m", "feedsvc", role]
+            svc = Service(
+                role,
+                argv,
+                self.env(),
+                self.root / "logs" / f"{role}.log",
+                pid=self.state["pids"].get(role),
+            )
+            self._services[role] = svc
+        return svc
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the root's lock: one `up` or `down` at a time (two shells raced `format`)."""
+        with self._flock():
+            # Another shell may have changed the pids while we waited.
+            self._refresh()
+            yield
+
+    @contextlib.contextmanager
+    def _flock(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o755)  # PostgreSQL, running as `postgres`, must traverse it
+        with (self.root / "lock").open("w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _refresh(self) -> None:
+        """Read state.json (choosing and saving any missing port) and bind the servers."""
+        try:
+            self.state = json.loads(self._state_path.read_text())
+        except FileNotFoundError:
+            self.state = {}
+        self.state.setdefault("pids", {})
+        ports = self.state.setdefault("ports", {})
+        for name in ("postgres", "kafka", "kafka_controller", "api"):
+            if name not in ports:
+                ports[name] = free_port()
+        self._save_state()
+        # Rebuilt only when the ports changed: a broker started here keeps its process handle.
+        pg = getattr(self, "postgres", None)
+        if pg is None or pg.port != ports["postgres"]:
+            self.postgres = Postgres(self.root / "postgres", ports["postgres"])
+        kafka = getattr(self, "kafka", None)
+        if kafka is None or (kafka.port, kafka.controller_port) != (
+            ports["kafka"],
+            ports["kafka_controller"],
+        ):
+            self.kafka = KafkaBroker(self.root / "kafka", ports["kafka"], ports["kafka_controller"])
 
     def up(self) -> None:
         """Start whatever is not running; returns when the api is ready."""
+        with self.locked():
+            self._up()
+
+    def down(self) -> None:
+        """Stop the processes, then Kafka, then PostgreSQL; data is kept."""
+        with self.locked():
+            self._down()
+
+    def _up(self) -> None:
         began = time.monotonic()
         self._step("postgres", self.postgres.start)
         self.postgres.create_database("feedsvc")
@@ -738,7 +800,8 @@ class Stack:
         if status != 0:
             raise StackError(f"feedsvc setup exited {status}:\n{setup.log_tail()}")
         self._log("setup: done")
-        for role in self.ROLES:
+        started = 0.0  # when the last process was started here
+        for role in self.roles:
             if role == "changefeed" and not STANDIN.exists():
                 self._log("changefeed: skipped (scripts/changefeed_standin.py not there yet)")
                 continue
@@ -747,16 +810,24 @@ class Stack:
                 self._log(f"{role}: already running (pid {svc.pid})")
                 continue
             svc.start()
+            started = time.monotonic()
             self.state["pids"][role] = svc.pid
             self._save_state()
             if role == "api":
                 svc.wait_http_ok(f"{self.api_url}/health/ready", 60.0)
             self._log(f"{role}: started (pid {svc.pid})")
+        if started:
+            # A process that dies on its first round (bad config, a bug) would otherwise
+            # leave `up` reporting success when the api was already up and nothing waited.
+            time.sleep(max(0.0, started + 1.5 - time.monotonic()))
+        for role in self.roles:
+            svc = self.service(role)
+            if role in self.state["pids"] and not svc.running:
+                raise StackError(f"{role} exited during start-up:\n{svc.log_tail()}")
         self._log(f"up in {time.monotonic() - began:.1f}s; logs in {self.root / 'logs'}")
 
-    def down(self) -> None:
-        """Stop the processes, then Kafka, then PostgreSQL; data is kept."""
-        for role in reversed(self.ROLES):
+    def _down(self) -> None:
+        for role in reversed(ROLES):  # all, whoever started them
             svc = self.service(role)
             if svc.running:
                 svc.terminate(30.0)
@@ -773,7 +844,7 @@ class Stack:
     def status(self) -> dict[str, bool]:
         """Which pieces run."""
         result = {"postgres": self.postgres.running, "kafka": self.kafka.running}
-        for role in self.ROLES:
+        for role in self.roles:
             if role != "changefeed" or STANDIN.exists():
                 result[role] = self.service(role).running
         return result
@@ -782,21 +853,6 @@ class Stack:
         began = time.monotonic()
         start()
         self._log(f"{name}: ready in {time.monotonic() - began:.1f}s")
-
-    def _load_state(self) -> dict[str, Any]:
-        try:
-            state: dict[str, Any] = json.loads(self._state_path.read_text())
-        except FileNotFoundError:
-            state = {}
-        state.setdefault("pids", {})
-        ports = state.setdefault("ports", {})
-        for name in ("postgres", "kafka", "kafka_controller", "api"):
-            if name not in ports:
-                ports[name] = free_port()
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.root.chmod(0o755)
-        self._state_path.write_text(json.dumps(state, indent=2))
-        return state
 
     def _save_state(self) -> None:
         self._state_path.write_text(json.dumps(self.state, indent=2))

@@ -8,11 +8,20 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from local_stack import KafkaBroker, Postgres, Service, StackError, free_port, scratch_dir
+from local_stack import (
+    KafkaBroker,
+    Postgres,
+    Service,
+    Stack,
+    StackError,
+    free_port,
+    scratch_dir,
+)
 
 pytestmark = pytest.mark.stack
 
@@ -149,3 +158,25 @@ def test_service_that_exits_fails_the_readiness_wait_with_its_log(root: Path) ->
     with pytest.raises(StackError, match="boom"):
         svc.wait_http_ok(f"http://127.0.0.1:{free_port()}/", timeout=20)
     assert svc.returncode == 3
+
+
+def test_stack_up_is_idempotent_and_down_stops_everything() -> None:
+    """A second `up` leaves running pieces alone; `down` stops them all, from any instance."""
+    root = scratch_dir()
+    try:
+        stack = Stack(root, roles=("writer", "api"), log=lambda _: None)
+        stack.up()
+        try:
+            assert all(stack.status().values())
+            pids = dict(stack.state["pids"])
+            assert httpx.get(f"{stack.api_url}/health/ready", timeout=5).status_code == 200
+
+            again = Stack(root, roles=("writer", "api"), log=lambda _: None)
+            again.up()
+            assert again.state["pids"] == pids
+            assert again.api_url == stack.api_url
+        finally:
+            stack.down()
+        assert not any(Stack(root, log=lambda _: None).status().values())
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
