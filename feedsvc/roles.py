@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from types import FrameType
 
 import anyio
 import psycopg
@@ -16,6 +17,7 @@ from feedsvc.http.app import ApiParts, create_app
 from feedsvc.http.submit import Submitter
 from feedsvc.ingest.writer import Writer
 from feedsvc.metrics import Metrics
+from feedsvc.relay.reader import CommittedReader
 from feedsvc.store import MessageStore, open_pool
 
 log = logging.getLogger("feedsvc")
@@ -41,13 +43,19 @@ async def api(settings: Settings) -> None:
     ):
         progress = kafka.WriterProgress(admin_client, offsets)
         tasks.start_soon(admission.watch_backlog, progress, settings.backlog_refresh_s)
+        reader = CommittedReader(settings)
+        await tasks.start(reader.run)
+        _feed_metrics(metrics, reader)
         parts = ApiParts(
+            settings=settings,
             store=MessageStore(pool),
             submitter=Submitter(producer, admission, metrics, settings.kafka_timeout_s),
             admission=admission,
             metrics=metrics,
+            reader=reader,
         )
-        server = uvicorn.Server(
+        server = _Server(
+            reader,
             uvicorn.Config(
                 create_app(parts),
                 host=settings.host,
@@ -57,7 +65,7 @@ async def api(settings: Settings) -> None:
                 lifespan="off",
                 # Without it uvicorn waits forever on open SSE streams at SIGTERM.
                 timeout_graceful_shutdown=int(settings.shutdown_grace_s),
-            )
+            ),
         )
         # uvicorn re-raises the signal it caught once it has shut down; a no-op
         # handler lets our own `async with` blocks close Kafka and the pool after it.
@@ -66,6 +74,40 @@ async def api(settings: Settings) -> None:
         await server.serve()
         tasks.cancel_scope.cancel()
     log.info("api stopped")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn that, on SIGTERM, first ends every feed stream so clients reconnect elsewhere."""
+
+    def __init__(self, reader: CommittedReader, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.reader = reader
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if self.reader.fanout is not None:
+            # Runs in the signal handler, between two steps of the event loop's thread;
+            # closing only sets flags and wakes waiters.
+            self.reader.fanout.close()
+
+
+def _feed_metrics(metrics: Metrics, reader: CommittedReader) -> None:
+    metrics.counter("feedsvc_feed_turned_away_total", "Feed streams refused with a retry hint.")
+    metrics.gauge(
+        "feedsvc_feed_subscribers",
+        "Open feed streams.",
+        lambda: reader.fanout.subscribers if reader.fanout else 0,
+    )
+    metrics.gauge(
+        "feedsvc_feed_head_offset",
+        "Next offset of messages.committed to read.",
+        lambda: reader.fanout.head if reader.fanout else None,
+    )
+    metrics.gauge(
+        "feedsvc_feed_events_total",
+        "Feed events published (duplicates dropped).",
+        lambda: reader.published,
+    )
 
 
 async def writer(settings: Settings) -> None:

@@ -10,11 +10,13 @@ from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 
-from feedsvc.http import health, reads, submit
+from feedsvc.config import Settings
+from feedsvc.http import feed, health, pages, reads, submit
 from feedsvc.http.admission import Admission
 from feedsvc.http.errors import http_exception_handler
 from feedsvc.http.submit import Submitter
 from feedsvc.metrics import Metrics
+from feedsvc.relay.reader import CommittedReader
 from feedsvc.store import MessageStore
 
 
@@ -22,10 +24,12 @@ from feedsvc.store import MessageStore
 class ApiParts:
     """Everything the handlers use; opened and closed by the process's composition root."""
 
+    settings: Settings
     store: MessageStore
     submitter: Submitter
     admission: Admission
     metrics: Metrics
+    reader: CommittedReader
 
 
 def _provide(value: Any) -> Provide:
@@ -36,7 +40,9 @@ def create_app(parts: ApiParts) -> Litestar:
     """The HTTP api over already-open resources; it opens nothing itself."""
     return Litestar(
         route_handlers=[
+            pages.index,
             submit.post_message,
+            feed.feed,
             reads.list_messages,
             reads.get_message,
             health.live,
@@ -48,6 +54,8 @@ def create_app(parts: ApiParts) -> Litestar:
             "submitter": _provide(parts.submitter),
             "admission": _provide(parts.admission),
             "metrics": _provide(parts.metrics),
+            "settings": _provide(parts.settings),
+            "reader": _provide(parts.reader),
         },
         exception_handlers={HTTPException: http_exception_handler},
         openapi_config=OpenAPIConfig(title="feedsvc", version="1.0.0", path="/schema"),

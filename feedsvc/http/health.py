@@ -9,6 +9,7 @@ from litestar import Response, get
 
 from feedsvc.http.admission import Admission
 from feedsvc.metrics import Metrics
+from feedsvc.relay.reader import CommittedReader
 from feedsvc.store import MessageStore
 
 
@@ -19,8 +20,10 @@ async def live() -> dict[str, str]:
 
 
 @get("/health/ready")
-async def ready(store: MessageStore, admission: Admission) -> Response[dict[str, object]]:
-    """200 when the database answers and Kafka answered lately; 503 naming what is down."""
+async def ready(
+    store: MessageStore, admission: Admission, reader: CommittedReader
+) -> Response[dict[str, object]]:
+    """200 when the database answers, Kafka answered lately and the feed has caught up."""
     checks: dict[str, object] = {}
     try:
         with anyio.fail_after(2):
@@ -30,6 +33,7 @@ async def ready(store: MessageStore, admission: Admission) -> Response[dict[str,
         checks["database"] = f"unavailable: {type(exc).__name__}"
     fresh = time.monotonic() - admission.last_refresh < 10
     checks["kafka"] = "ok" if admission.kafka_reachable and fresh else "unavailable"
+    checks["feed"] = "ok" if reader.ready else "catching up"
     ok = all(v == "ok" for v in checks.values())
     checks["status"] = "ready" if ok else "not ready"
     return Response(checks, status_code=200 if ok else 503)
