@@ -129,6 +129,11 @@ class Fanout:
         return self._ids[-1] if self._ids else str(self._head - 1)
 
     @property
+    def closed(self) -> bool:
+        """Whether `close` was called (the process is shutting down)."""
+        return self._closed
+
+    @property
     def subscribers(self) -> int:
         """Live subscriptions."""
         return len(self._subs)
