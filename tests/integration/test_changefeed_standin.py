@@ -1,0 +1,346 @@
+"""The changefeed stand-in puts every committed row into Kafka in CockroachDB's format."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import anyio
+import psycopg
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import ConsumerRecord
+from local_stack import REPO, KafkaBroker, Postgres, Service, free_port, scratch_dir
+
+from feedsvc.relay.changefeed import Delete, Resolved, Row, decode_record
+
+pytestmark = pytest.mark.stack
+
+STANDIN = REPO / "scripts" / "changefeed_standin.py"
+HLC = re.compile(r"^[0-9]{19}\.[0-9]{10}$")
+# The lead's schema (feedsvc/schema.py) has the same columns; this module needs no setup.
+SCHEMA = """
+    CREATE TABLE IF NOT EXISTS messages (
+        id uuid PRIMARY KEY, author text NOT NULL, text text NOT NULL,
+        created_at timestamptz NOT NULL
+    )
+"""
+
+Records = list[ConsumerRecord[bytes, bytes]]
+
+
+@pytest.fixture(scope="module")
+def root() -> Iterator[Path]:
+    path = scratch_dir("feedsvc-standin-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def postgres(root: Path) -> Iterator[Postgres]:
+    pg = Postgres(root / "postgres", free_port())
+    pg.start()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture(scope="module")
+def kafka(root: Path) -> Iterator[KafkaBroker]:
+    broker = KafkaBroker(root / "kafka", free_port())
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+class Feed:
+    """One database with `messages`, one topic, and a stand-in process between them."""
+
+    def __init__(self, root: Path, postgres: Postgres, kafka: KafkaBroker, **env: str) -> None:
+        name = f"standin_{uuid.uuid4().hex[:8]}"
+        postgres.create_database(name)
+        self.url = postgres.url(name)
+        self.topic = f"committed.{name}"
+        self.kafka = kafka
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(SCHEMA)
+        anyio.run(_create_topic, kafka.bootstrap, self.topic)
+        environ = {k: v for k, v in os.environ.items() if not k.startswith(("FEED_", "STANDIN_"))}
+        environ |= {
+            "FEED_DATABASE_URL": self.url,
+            "FEED_KAFKA_BOOTSTRAP": kafka.bootstrap,
+            "STANDIN_TOPIC": self.topic,
+            "STANDIN_RESOLVED_S": "0.3",
+            **env,
+        }
+        self.service = Service(
+            f"standin-{name}",
+            [sys.executable, str(STANDIN)],
+            environ,
+            root / "logs" / f"{name}.log",
+        )
+
+    def start(self) -> None:
+        """Start the stand-in; returns once its trigger captures rows."""
+        self.service.start()
+        deadline = time.monotonic() + 30
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while not conn.execute(
+                "SELECT 1 FROM pg_trigger WHERE tgname = 'changefeed_capture'"
+            ).fetchone():
+                assert self.service.running, self.service.log_tail()
+                assert time.monotonic() < deadline, "the stand-in installed no trigger"
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        assert self.service.terminate(15.0) == 0, self.service.log_tail()
+
+    def read(self, until: Callable[[Records], bool], within: float = 30.0) -> Records:
+        """All records of the topic from the start, once `until` holds of them."""
+        try:
+            return anyio.run(_read, self.kafka.bootstrap, self.topic, until, within)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; stand-in log:\n{self.service.log_tail()}") from None
+
+
+@pytest.fixture(scope="module")
+def feed(root: Path, postgres: Postgres, kafka: KafkaBroker) -> Iterator[Feed]:
+    f = Feed(root, postgres, kafka)
+    f.start()
+    yield f
+    f.stop()
+
+
+async def _create_topic(bootstrap: str, topic: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    finally:
+        await admin.close()
+
+
+async def _read(
+    bootstrap: str, topic: str, until: Callable[[Records], bool], within: float
+) -> Records:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        records: Records = []
+        deadline = time.monotonic() + within
+        while not until(records):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out with {len(records)} records")
+            batch = await consumer.getmany(tp, timeout_ms=200)
+            records.extend(batch.get(tp, []))
+        return records
+    finally:
+        await consumer.stop()
+
+
+def _ids(records: Records) -> list[uuid.UUID]:
+    """Message ids of the row records, in topic order, repeats kept."""
+    out = []
+    for record in records:
+        decoded = decode_record(record.key, record.value)
+        if isinstance(decoded, Row):
+            out.append(decoded.message.id)
+    return out
+
+
+def _has_all(ids: set[uuid.UUID]) -> Callable[[Records], bool]:
+    return lambda records: ids <= set(_ids(records))
+
+
+def _insert(url: str, rows: list[tuple[uuid.UUID, str, str, datetime]]) -> None:
+    with psycopg.connect(url) as conn:
+        conn.cursor().executemany(
+            "INSERT INTO messages (id, author, text, created_at) VALUES (%s, %s, %s, %s)", rows
+        )
+
+
+def _message(n: int) -> tuple[uuid.UUID, str, str, datetime]:
+    created = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(microseconds=123_450 + n)
+    return uuid.uuid4(), "ann", f"line {n}\nsecond line \u00e9", created
+
+
+async def _concurrent_writers(url: str, writers: int, per_writer: int) -> set[uuid.UUID]:
+    """Several connections committing single rows and batches at once."""
+    ids: set[uuid.UUID] = set()
+
+    async def writer(w: int) -> None:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            for n in range(per_writer):
+                row = _message(w * 1000 + n)
+                ids.add(row[0])
+                await conn.execute(
+                    "INSERT INTO messages (id, author, text, created_at) VALUES (%s, %s, %s, %s)",
+                    row,
+                )
+
+    async def late_committer() -> None:
+        # Takes its sequence numbers first and commits last: must not be skipped.
+        async with await psycopg.AsyncConnection.connect(url) as conn:
+            rows = [_message(900_000 + n) for n in range(5)]
+            ids.update(row[0] for row in rows)
+            async with conn.transaction():
+                await conn.cursor().executemany(
+                    "INSERT INTO messages (id, author, text, created_at) VALUES (%s, %s, %s, %s)",
+                    rows,
+                )
+                await anyio.sleep(1.0)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(late_committer)
+        await anyio.sleep(0.1)
+        for w in range(writers):
+            tg.start_soon(writer, w)
+    return ids
+
+
+def test_concurrent_commits_all_arrive_in_changefeed_format(feed: Feed) -> None:
+    """Rows committed from many connections at once, one of them late, all reach the topic."""
+    ids = anyio.run(_concurrent_writers, feed.url, 6, 40)
+    records = feed.read(_has_all(ids))
+    rows = {}
+    for record in records:
+        decoded = decode_record(record.key, record.value)
+        if isinstance(decoded, Row) and decoded.message.id in ids:
+            rows[decoded.message.id] = (record, decoded)
+    assert set(rows) == ids
+    with psycopg.connect(feed.url) as conn:
+        stored = {
+            r[0]: r[1:]
+            for r in conn.execute("SELECT id, author, text, created_at FROM messages").fetchall()
+        }
+    for message_id, (record, decoded) in rows.items():
+        assert record.key == f'["{message_id}"]'.encode()
+        value = json.loads(record.value)
+        assert set(value) == {"after", "updated"}
+        assert HLC.match(value["updated"])
+        assert set(value["after"]) == {"id", "author", "text", "created_at"}
+        # CockroachDB renders TIMESTAMPTZ as Go's RFC3339Nano in UTC.
+        assert re.fullmatch(
+            r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d*[1-9])?Z", value["after"]["created_at"]
+        )
+        message = decoded.message
+        assert (message.author, message.text, message.created_at) == stored[message_id]
+
+
+def test_resolved_records_follow_every_earlier_commit(feed: Feed) -> None:
+    """Resolved records (null key) come about every interval; none precedes an older row."""
+    row = _message(1)
+    _insert(feed.url, [row])
+
+    def two_resolved_after_row(records: Records) -> bool:
+        ids = _ids(records)
+        if row[0] not in ids:
+            return False
+        after = records[[r.key for r in records].index(f'["{row[0]}"]'.encode()) :]
+        return sum(1 for r in after if r.key is None) >= 2
+
+    records = feed.read(two_resolved_after_row)
+    resolved_so_far = ""
+    for record in records:
+        decoded = decode_record(record.key, record.value)
+        if isinstance(decoded, Resolved):
+            assert record.key is None
+            assert json.loads(record.value) == {"resolved": decoded.hlc}
+            resolved_so_far = max(resolved_so_far, decoded.hlc, key=_hlc_key)
+        else:
+            assert not isinstance(decoded, Delete) or decoded.updated
+            assert decoded.updated is not None
+            # A changefeed never sends a row at or below a resolved timestamp it sent.
+            assert _hlc_key(decoded.updated) > _hlc_key(resolved_so_far)
+
+
+def _hlc_key(hlc: str) -> tuple[int, int]:
+    if not hlc:
+        return (-1, -1)
+    wall, logical = hlc.split(".")
+    return int(wall), int(logical)
+
+
+def test_delete_is_after_null(feed: Feed) -> None:
+    """Deleting a row produces `{"after": null, "updated": ...}` under its key."""
+    row = _message(2)
+    _insert(feed.url, [row])
+    with psycopg.connect(feed.url) as conn:
+        conn.execute("DELETE FROM messages WHERE id = %s", (row[0],))
+    key = f'["{row[0]}"]'.encode()
+    records = feed.read(lambda rs: sum(1 for r in rs if r.key == key) >= 2)
+    mine = [r for r in records if r.key == key]
+    assert isinstance(decode_record(mine[0].key, mine[0].value), Row)
+    assert decode_record(mine[1].key, mine[1].value) == Delete(
+        id=row[0], updated=json.loads(mine[1].value)["updated"]
+    )
+    assert json.loads(mine[1].value)["after"] is None
+
+
+def test_sigusr1_sends_recent_rows_again(feed: Feed) -> None:
+    """On SIGUSR1 the stand-in repeats recent rows, byte for byte, as a changefeed restart."""
+    rows = [_message(10 + n) for n in range(3)]
+    _insert(feed.url, rows)
+    ids = {row[0] for row in rows}
+    feed.read(_has_all(ids))
+    pid = feed.service.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGUSR1)
+
+    def repeated(records: Records) -> bool:
+        seen = _ids(records)
+        return all(seen.count(i) >= 2 for i in ids)
+
+    records = feed.read(repeated)
+    by_key: dict[bytes | None, set[bytes | None]] = {}
+    for record in records:
+        by_key.setdefault(record.key, set()).add(record.value)
+    assert all(len(by_key[f'["{i}"]'.encode()]) == 1 for i in ids), "a repeat differs"
+
+
+def test_restart_resumes_without_resending_everything(
+    root: Path, postgres: Postgres, kafka: KafkaBroker
+) -> None:
+    """Rows committed while the stand-in is down arrive after it restarts; old ones once."""
+    feed = Feed(root, postgres, kafka)
+    feed.start()
+    before = [_message(20 + n) for n in range(5)]
+    _insert(feed.url, before)
+    feed.read(_has_all({row[0] for row in before}))
+    feed.stop()
+    during = [_message(30 + n) for n in range(5)]
+    _insert(feed.url, during)
+    feed.start()
+    try:
+        ids = feed.read(_has_all({row[0] for row in during}))
+    finally:
+        feed.stop()
+    seen = _ids(ids)
+    assert all(seen.count(row[0]) == 1 for row in before + during)
+
+
+def test_duplicate_every_n_rows(root: Path, postgres: Postgres, kafka: KafkaBroker) -> None:
+    """With STANDIN_DUPLICATE_EVERY=N, one earlier row is sent again after every N rows."""
+    feed = Feed(root, postgres, kafka, STANDIN_DUPLICATE_EVERY="4")
+    feed.start()
+    try:
+        rows = [_message(40 + n) for n in range(12)]
+        _insert(feed.url, rows)
+        records = feed.read(lambda rs: len(_ids(rs)) >= 15)
+    finally:
+        feed.stop()
+    seen = _ids(records)
+    assert set(seen) == {row[0] for row in rows}
+    assert len(seen) == 15
