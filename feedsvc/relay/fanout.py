@@ -232,6 +232,8 @@ class Fanout:
     def _lagging(self, sub: Subscription) -> bool:
         if sub._cursor < self._seq - self.ring_size:
             return True  # its next frame has left the ring
+        if sub._waiting:
+            return False  # it is ready for more: a burst published meanwhile is not its lag
         # Frames a resume started with are not live backlog; count only what came since.
         return self._seq - max(sub._cursor, sub._start) > self.buffer_size
 
@@ -267,8 +269,9 @@ class Fanout:
 class Subscription:
     """One feed client's stream: batches of frames, in offset order, each once.
 
-    Note: if the client falls more than `buffer_size` frames behind, the stream ends with
-    a `resume` frame whose id is the last one it was given; `on_lag`, when set, is called
+    Note: if more than `buffer_size` frames pile up while the subscriber is busy (not
+    waiting in `next_frames`), the stream ends with a `resume` frame whose id is the last
+    one it was given; `on_lag`, when set, is called
     as soon as that is detected (e.g. to cancel a write stuck on a dead connection).
     """
 
@@ -281,6 +284,7 @@ class Subscription:
         self.on_lag: Callable[[], None] | None = None
         self._history: AbstractSet[UUID] = frozenset()
         self._lagging = False
+        self._waiting = False
         self._ended = False
 
     @property
@@ -320,7 +324,14 @@ class Subscription:
             frames = self.take()
             if frames or self._ended:
                 return frames
-            await self._fanout._wait_changed()
+            self._waiting = True
+            try:
+                await self._fanout._wait_changed()
+            finally:
+                self._waiting = False
+                # What was published while it waited (or was woken but not yet running)
+                # found it ready: that is not backlog; only what piles up while busy is.
+                self._start = self._fanout._seq
 
     def close(self) -> None:
         """End the stream now and leave the fanout (the client went away)."""

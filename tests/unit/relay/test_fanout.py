@@ -319,3 +319,17 @@ async def test_wait_past_returns_once_consumed() -> None:
     assert not waiter.done()
     fan.advance(2)
     await asyncio.wait_for(waiter, 1)
+
+
+async def test_burst_while_waiting_is_not_lag_but_while_busy_is() -> None:
+    """A burst bigger than the buffer cuts only subscribers that were busy, not waiting ones."""
+    fan = _fanout(0, ring_size=100, buffer_size=4)
+    ready, busy = _sub(fan.subscribe(None)), _sub(fan.subscribe(None))
+    waiting = asyncio.ensure_future(ready.next_frames())
+    await asyncio.sleep(0)
+    for i in range(10):  # one relay batch, published without yielding
+        fan.publish(i, row(i))
+    assert texts(await waiting) == [f"message {i}" for i in range(10)]
+    assert not ready.ended
+    assert parse(busy.take())[0][1] == "resume"
+    assert fan.subscribers == 1
