@@ -58,6 +58,11 @@ class Backpressure:
         self._random = rnd or random.Random()
 
     @property
+    def failing(self) -> bool:
+        """True from a failure until the api answers again."""
+        return self._failures > 0
+
+    @property
     def remaining(self) -> float:
         """Seconds until sending is allowed again (0 when it is allowed now)."""
         return max(0.0, self._until - anyio.current_time())

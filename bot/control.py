@@ -1,6 +1,7 @@
 """The bot's control endpoint: read and change the speed at runtime, read the counters.
 
-`GET /rate` and `PUT /rate` with `{"rate": <per second>}` or `{"reqs_per_min": <n>}`;
+`GET /rate`; `PUT /rate` with a number (per second), `{"rate": <per second>}` or
+`{"reqs_per_min": <n>}`;
 `GET /stats` the counters of the stats line. Chosen over a signal because it also works
 from outside the container (a published port) and tells the caller what it set.
 """
@@ -9,18 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import socket
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 import msgspec
 import uvicorn
 from anyio.abc import TaskStatus
-from litestar import Litestar, get, put
+from litestar import Litestar, Request, get, put
 from litestar.exceptions import ValidationException
-from litestar.params import JSONBody
 
 from bot.pacing import MAX_RATE, TokenBucket
 from bot.stats import Snapshot, Stats
@@ -36,6 +35,11 @@ class RateChange(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     rate: _Rate | None = None
     reqs_per_min: _PerMinute | None = None
+
+
+# A bare JSON number is a rate per second, so `curl -X PUT host:8001/rate -d 50` works.
+_decode_change = msgspec.json.Decoder(_Rate | RateChange).decode
+_SHAPE = '{"rate": <per second>} or {"reqs_per_min": <per minute>}'
 
 
 class RateView(msgspec.Struct, frozen=True):
@@ -55,13 +59,18 @@ def create_app(bucket: TokenBucket, stats: Stats) -> Litestar:
     def read_rate() -> RateView:
         return view()
 
-    @put("/rate", status_code=200, sync_to_thread=False)
-    def change_rate(data: JSONBody[RateChange]) -> RateView:
-        if (data.rate is None) == (data.reqs_per_min is None):
-            raise ValidationException("give exactly one of rate (per second) and reqs_per_min")
-        rate = data.rate if data.rate is not None else data.reqs_per_min / 60  # type: ignore[operator]
-        if not math.isfinite(rate):
-            raise ValidationException("rate must be a finite number")
+    @put("/rate", status_code=200)
+    async def change_rate(request: Request[Any, Any, Any]) -> RateView:
+        try:
+            change = _decode_change(await request.body())
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise ValidationException(f"{exc}; send a number or {_SHAPE}") from None
+        if isinstance(change, RateChange):
+            if (change.rate is None) == (change.reqs_per_min is None):
+                raise ValidationException(f"give exactly one speed: {_SHAPE}")
+            rate = change.rate if change.rate is not None else change.reqs_per_min / 60  # type: ignore[operator]
+        else:
+            rate = change
         old = bucket.rate
         bucket.set_rate(rate)
         log.info("rate changed", extra={"from_rate": old, "to_rate": rate})

@@ -41,6 +41,11 @@ class TokenBucket:
         self._tokens = min(self._tokens, self._capacity())
         self._wake()
 
+    def restart(self) -> None:
+        """Forget tokens saved so far: one now, then the steady pace (posting starts now)."""
+        self._refill()
+        self._tokens = min(self._tokens, 1.0)
+
     def close(self) -> None:
         """Make every current and future `acquire` return False (shutting down)."""
         self._closed = True

@@ -45,6 +45,7 @@ class Poster:
         self._backpressure = backpressure
         self._stats = stats
         self._left = count
+        self._probe = anyio.Lock()
 
     async def run(self, concurrency: int, stop: anyio.Event) -> None:
         """Post with `concurrency` workers; returns when `stop` is set or the count is done.
@@ -52,6 +53,8 @@ class Poster:
         Note: after `stop`, requests in flight finish (bounded by the client's timeout);
         waits for a token or for `Retry-After` end at once.
         """
+        # Tokens saved during start-up or `--delay` would make a burst at the start.
+        self._bucket.restart()
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._close_on, stop)
             async with anyio.create_task_group() as workers:
@@ -86,8 +89,17 @@ class Poster:
                 return  # stopping
             if self._backpressure.remaining > 0:
                 continue  # another worker was told to wait while this one got its token
-            if await self._attempt(body, headers):
-                return
+            if not self._backpressure.failing:
+                if await self._attempt(body, headers):
+                    return
+                continue
+            # While the api is unreachable one request at a time finds out whether it is
+            # back, instead of every worker failing at once at the end of each backoff.
+            async with self._probe:
+                if self._backpressure.remaining > 0:
+                    continue
+                if await self._attempt(body, headers):
+                    return
 
     async def _attempt(self, body: bytes, headers: dict[str, str]) -> bool:
         """One POST; True when the message is done with (accepted, or refused for good)."""

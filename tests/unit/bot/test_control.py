@@ -25,6 +25,11 @@ async def test_rate_is_read_and_changed() -> None:
         assert bucket.rate == 10
         await client.put("/rate", json={"rate": 0})
         assert bucket.rate == 0
+        # What `curl -X PUT host:8001/rate -d 50` sends: a bare number, form content type.
+        answer = await client.put(
+            "/rate", content=b"50", headers={"Content-Type": "application/x-www-form-urlencoded"}
+        )
+        assert answer.json() == {"rate": 50, "reqs_per_min": 3000}
 
 
 @pytest.mark.parametrize(
@@ -37,9 +42,12 @@ async def test_rate_is_read_and_changed() -> None:
         {},
         {"rate": "fast"},
         {"speed": 3},
+        -5,
+        "fast",
+        None,
     ],
 )
-async def test_bad_rate_is_refused_and_changes_nothing(body: dict[str, object]) -> None:
+async def test_bad_rate_is_refused_and_changes_nothing(body: object) -> None:
     """An impossible or ambiguous speed gets 400 and the rate stays as it was."""
     bucket = TokenBucket(2)
     async with AsyncTestClient(create_app(bucket, Stats())) as client:

@@ -136,3 +136,33 @@ async def test_stop_returns_promptly_during_a_long_wait() -> None:
                 await anyio.sleep(0.2)
                 stop.set()
     assert 1 <= len(recorder.requests) <= 4
+
+
+async def test_one_probe_at_a_time_while_unreachable() -> None:
+    """Once a request has failed, eight workers send one request at a time, not eight."""
+    in_flight = peak = failed = 0
+
+    async def refuse(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, peak, failed
+        in_flight += 1
+        if failed:  # those sent before the first failure could not know
+            peak = max(peak, in_flight)
+        await anyio.sleep(0.01)
+        in_flight -= 1
+        failed += 1
+        raise httpx.ConnectError("connection refused")
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(refuse)) as client:
+        stats = Stats()
+        poster = Poster(
+            client,
+            "http://api",
+            MessageGenerator(1, 5),
+            TokenBucket(1000),
+            Backpressure(base_s=0.01, cap_s=0.02),
+            stats,
+        )
+        with anyio.move_on_after(0.5):
+            await poster.run(8, anyio.Event())
+    assert stats.errors > 5
+    assert peak == 1
