@@ -62,7 +62,7 @@ async def run(
         )
         app = control.create_app(bucket, stats)
         await tg.start(control.serve, app, control_socket, settings.control_host)
-        tg.start_soon(report, stats, bucket, settings.stats_interval)
+        tg.start_soon(report, stats, bucket, settings.stats_interval, settings.concurrency)
         tg.start_soon(_cut_short, stop, tg.cancel_scope)
         task_status.started()
         with anyio.move_on_after(settings.delay):

@@ -84,12 +84,15 @@ class Backpressure:
         """The api answered: the next failure starts the backoff from the bottom again."""
         self._failures = 0
 
-    async def wait(self, stop: anyio.Event) -> None:
-        """Return once sending is allowed, or at once when `stop` is set."""
+    async def wait(self, stop: anyio.Event) -> bool:
+        """Return once sending is allowed, or at once when `stop` is set; True if it waited."""
+        waited = False
         while (delay := self.remaining) > 0 and not stop.is_set():
+            waited = True
             # Re-read the time after waking: another worker may have pushed it later.
             with anyio.move_on_after(delay):
                 await stop.wait()
+        return waited
 
     def _hold(self, seconds: float) -> None:
         self._until = max(self._until, anyio.current_time() + seconds)

@@ -16,7 +16,9 @@ class TokenBucket:
     are served first come, first served. A rate of 0 hands out nothing until it changes.
     """
 
-    def __init__(self, rate: float, *, burst_s: float = 0.1) -> None:
+    def __init__(self, rate: float, *, burst_s: float = 0.5) -> None:
+        # Half a second of catch-up absorbs a stalled process or a slow patch of the api
+        # without losing pace; pauses the bot chooses (Retry-After) call `restart` instead.
         self._rate = rate
         self._burst_s = burst_s
         # One token at the start: the first message goes at once, then the steady pace,

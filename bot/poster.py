@@ -82,9 +82,10 @@ class Poster:
     async def _deliver(self, body: bytes, stop: anyio.Event) -> None:
         headers = {**_HEADERS, "Idempotency-Key": str(uuid.uuid4())}
         while True:
-            # Wait out back pressure before taking a token, so a long pause does not leave
-            # every worker holding one and sending all at once when it ends.
-            await self._backpressure.wait(stop)
+            # Wait out back pressure before taking a token, and drop the tokens saved during
+            # the pause, so the api that asked for it does not get a burst when it ends.
+            if await self._backpressure.wait(stop):
+                self._bucket.restart()
             if not await self._bucket.acquire():
                 return  # stopping
             if self._backpressure.remaining > 0:

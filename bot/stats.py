@@ -69,8 +69,12 @@ def log_line(stats: Stats, bucket: TokenBucket, msg: str = "stats") -> None:
     log.info(msg, extra=msgspec.structs.asdict(stats.snapshot(bucket.rate)))
 
 
-async def report(stats: Stats, bucket: TokenBucket, interval: float) -> None:
-    """Log one stats line every `interval` seconds until cancelled."""
+async def report(stats: Stats, bucket: TokenBucket, interval: float, concurrency: int) -> None:
+    """Log one stats line every `interval` seconds until cancelled.
+
+    Note: when every request slot is busy and the rate falls short, a warning says so:
+    the api is slower than the rate needs at this concurrency.
+    """
     last_sent, last_time = stats.sent, anyio.current_time()
     while True:
         await anyio.sleep(interval)
@@ -79,3 +83,8 @@ async def report(stats: Stats, bucket: TokenBucket, interval: float) -> None:
         stats.rate = (stats.sent - last_sent) / (now - last_time)
         last_sent, last_time = stats.sent, now
         log_line(stats, bucket)
+        if stats.in_flight >= concurrency and stats.rate < 0.95 * bucket.rate:
+            log.warning(
+                "rate held back by --concurrency",
+                extra={"concurrency": concurrency, "rate": round(stats.rate, 3)},
+            )

@@ -166,3 +166,18 @@ async def test_one_probe_at_a_time_while_unreachable() -> None:
             await poster.run(8, anyio.Event())
     assert stats.errors > 5
     assert peak == 1
+
+
+async def test_no_burst_after_retry_after() -> None:
+    """Tokens saved during a `Retry-After` pause are not spent at once when it ends."""
+
+    def answer(n: int) -> httpx.Response:
+        if n == 5:
+            return httpx.Response(429, headers={"Retry-After": "0.5"})
+        return accept(n)
+
+    recorder, _ = await _post(answer, count=40, rate=100)
+    refused_at = recorder.requests[5][0]
+    resumed = [t for t, _ in recorder.requests if t >= refused_at + 0.5]
+    # At 100/s the first 0.1 s after the pause holds ~10; the saved 0.5 s would be 50.
+    assert len([t for t in resumed if t < resumed[0] + 0.1]) <= 13
