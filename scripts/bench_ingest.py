@@ -45,7 +45,8 @@ end
 function init(args)
   local run = os.getenv("BENCH_RUN")
   local authors = tonumber(os.getenv("BENCH_AUTHORS"))
-  local delay_ms = tonumber(os.getenv("BENCH_DELAY_MS"))
+  local rate = tonumber(os.getenv("BENCH_RATE"))
+  local threads = tonumber(os.getenv("BENCH_THREADS"))
   pool = {}
   for i = 0, authors - 1 do
     local body = string.format(
@@ -58,7 +59,9 @@ function init(args)
   n = 0
   ids = {}
   statuses = {}
-  pace = delay_ms
+  -- Paced mode: this thread's share of the rate, on an absolute schedule.
+  interval_ms = rate > 0 and 1000 * threads / rate or 0
+  next_slot = nil
 end
 
 function request()
@@ -66,9 +69,29 @@ function request()
   return pool[(n % #pool) + 1]
 end
 
-if tonumber(os.getenv("BENCH_DELAY_MS")) > 0 then
+if tonumber(os.getenv("BENCH_RATE")) > 0 then
+  -- wrk runs LuaJIT; its FFI reads the monotonic clock (Lua itself has none finer than 1 s).
+  local ffi = require("ffi")
+  ffi.cdef[[
+    typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+    int clock_gettime(int clk, bench_timespec *tp);
+  ]]
+  local ts = ffi.new("bench_timespec")
+  local function now_ms()
+    ffi.C.clock_gettime(1, ts)  -- CLOCK_MONOTONIC
+    return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+  end
+
+  -- Each request takes the next free slot of the schedule, so the rate holds whatever the
+  -- latency; after a stall it catches up on at most one second of missed slots.
   function delay()
-    return pace
+    local t = now_ms()
+    if next_slot == nil or next_slot < t - 1000 then
+      next_slot = t
+    end
+    local slot = next_slot
+    next_slot = next_slot + interval_ms
+    return math.max(0, slot - t)
   end
 end
 
@@ -146,14 +169,12 @@ class Load:
         script = workdir / "post.lua"
         script.write_text(LUA)
         out = workdir / f"wrk-{uuid.uuid4().hex[:8]}.txt"
-        rate = self.args.rate
-        # Paced mode: each connection waits its share of the interval before each request.
-        delay_ms = round(self.args.connections * 1000 / rate) if rate else 0
         env = {
             **os.environ,
             "BENCH_RUN": "b" + uuid.uuid4().hex[:10],
             "BENCH_AUTHORS": str(self.args.authors),
-            "BENCH_DELAY_MS": str(delay_ms),
+            "BENCH_RATE": str(self.args.rate),
+            "BENCH_THREADS": str(self.args.threads),
             "BENCH_OUT": str(out),
         }
         argv = [
@@ -191,8 +212,8 @@ def baseline(wrk: str, args: argparse.Namespace, workdir: Path) -> Load:
     port = free_port()
     server = Service(
         "baseline",
-        [sys.executable, str(Path(__file__).resolve()), "_baseline", "--port", str(port)],
-        {**os.environ},
+        [sys.executable, str(REPO / "scripts" / "bench_baseline.py"), str(port)],
+        {**os.environ, "PYTHONPATH": str(REPO)},
         workdir / "baseline.log",
     )
     server.start()
@@ -203,33 +224,6 @@ def baseline(wrk: str, args: argparse.Namespace, workdir: Path) -> Load:
         return load
     finally:
         server.terminate(10)
-
-
-def serve_baseline(port: int) -> None:
-    """A Litestar app whose POST /messages validates the body and answers 202, nothing else."""
-    import anyio
-    import uvicorn
-    from litestar import Litestar, Request, Response, get, post
-
-    from feedsvc.messages import MAX_BODY_BYTES, InvalidSubmission, decode_submission
-
-    @post("/messages", request_max_body_size=MAX_BODY_BYTES, status_code=202)
-    async def messages(request: Request[Any, Any, Any]) -> Response[bytes]:
-        try:
-            decode_submission(await request.body())
-        except InvalidSubmission as exc:
-            return Response(exc.detail.encode(), status_code=400)
-        return Response(b'{"status":"accepted"}', status_code=202, media_type="application/json")
-
-    @get("/health")
-    async def health() -> str:
-        return "ok"
-
-    app = Litestar([messages, health], openapi_config=None, logging_config=None)
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="off"
-    )
-    anyio.run(uvicorn.Server(config).serve, backend_options={"use_uvloop": True})
 
 
 class RowCounter:
@@ -269,9 +263,8 @@ def ingest(args: argparse.Namespace) -> dict[str, Any]:
     wrk = ensure_wrk()
     workdir = Path(tempfile.mkdtemp(prefix="feedsvc-bench-"))
     root = scratch_dir("feedsvc-bench-stack-")
-    env = {"FEED_LOG_LEVEL": "WARNING"}
     # The changefeed stand-in is CockroachDB's work in production: it is left out here.
-    stack = Stack(root, env, roles=("writer", "api"), log=say)
+    stack = Stack(root, roles=("writer", "api"), log=say)
     try:
         say(f"starting a fresh stack in {root}")
         stack.up()
@@ -351,12 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--baseline-seconds", type=float, default=20.0, help="baseline load length; 0: skip"
     )
-    serve = sub.add_parser("_baseline")
-    serve.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
-    if args.command == "_baseline":
-        serve_baseline(args.port)
-        return 0
     print(json.dumps(ingest(args), indent=2))
     return 0
 
