@@ -16,6 +16,8 @@ if TYPE_CHECKING:  # fixtures, handed in by pytest; the import is for the type c
         # (rate per second, arrivals skipped while the bot warms up: connections open, code
         # paths run the first time; intervals measured). Each window is long enough that
         # one arrival 10 ms late moves the result by under 0.5%.
+        # The lowest rate; 30 s, so only with the long drills (-m slow).
+        pytest.param(0.1, 0, 3, marks=pytest.mark.slow),
         (0.5, 0, 3),  # 6 s; the bucket's first token is free, so no warm-up to skip
         (5, 3, 20),  # 4 s
         (200, 200, 600),  # 3 s
