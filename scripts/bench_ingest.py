@@ -316,6 +316,8 @@ def ingest(args: argparse.Namespace) -> dict[str, Any]:
                 "seconds": args.seconds,
                 "baseline_seconds": args.baseline_seconds,
                 "target_rate": args.rate or None,
+                # Paced, the baseline runs at the same rate: its p99 is the framework's share.
+                "baseline_paced": bool(args.rate),
                 "connections": args.connections,
                 "wrk_threads": args.threads,
                 "authors_per_thread": args.authors,
