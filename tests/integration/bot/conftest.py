@@ -60,28 +60,38 @@ class RecordingApi:
     async def serve(self, stream: SocketStream) -> None:
         buffered = BufferedByteReceiveStream(stream)
         async with stream:
-            while True:  # keep-alive: many requests per connection
-                try:
-                    head = await buffered.receive_until(b"\r\n\r\n", 65536)
-                except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError):
-                    return
-                at = anyio.current_time()
-                lines = head.decode("latin-1").split("\r\n")
-                headers = {
-                    k.strip().lower(): v.strip() for k, v in (h.split(":", 1) for h in lines[1:])
-                }
-                body = await buffered.receive_exactly(int(headers.get("content-length", "0")))
-                status, answer, extra = self._answer(lines[0], headers, body)
-                payload = json.dumps(answer).encode()
-                await stream.send(
-                    f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{extra}"
-                    f"Content-Length: {len(payload)}\r\n\r\n".encode()
-                    + payload
-                )
-                if lines[0].startswith("POST /messages "):
-                    self.arrivals.append(Arrival(at, anyio.current_time(), status, body, headers))
-                    self._arrived.set()
-                    self._arrived = anyio.Event()
+            try:
+                while True:  # keep-alive: many requests per connection
+                    await self._exchange(buffered, stream)
+            except (
+                anyio.EndOfStream,
+                anyio.IncompleteRead,
+                anyio.BrokenResourceError,
+                anyio.ClosedResourceError,
+            ):
+                return  # the bot closed the connection, or was killed mid-request
+
+    async def _exchange(self, buffered: BufferedByteReceiveStream, stream: SocketStream) -> None:
+        head = await buffered.receive_until(b"\r\n\r\n", 65536)
+        at = anyio.current_time()
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, v in (h.split(":", 1) for h in lines[1:])}
+        body = await buffered.receive_exactly(int(headers.get("content-length", "0")))
+        status, answer, extra = self._answer(lines[0], headers, body)
+        arrival = Arrival(at, at, status, body, headers)
+        if lines[0].startswith("POST /messages "):
+            # Recorded before the answer goes out (no await in between), so the n-th
+            # request gets `plan[n]` however many connections are open.
+            self.arrivals.append(arrival)
+        payload = json.dumps(answer).encode()
+        await stream.send(
+            f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{extra}"
+            f"Content-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
+        arrival.answered_at = anyio.current_time()
+        self._arrived.set()
+        self._arrived = anyio.Event()
 
     def _answer(
         self, request_line: str, headers: dict[str, str], body: bytes
