@@ -67,6 +67,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ring_size: int = 10_000
     """Recent feed events kept in memory to serve resumes without reading Kafka."""
 
+    socket_sndbuf: int = 262_144
+    """Kernel send buffer of each client socket, in bytes (0: the kernel's autotuning, up to
+    4 MiB). It bounds what a stalled feed client holds in the kernel, and how soon it is cut."""
+
     shutdown_grace_s: float = 10.0
     """Seconds uvicorn gives open streams at SIGTERM; below compose's stop_grace_period."""
 

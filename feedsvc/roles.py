@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 from types import FrameType
 
 import anyio
@@ -71,7 +72,7 @@ async def api(settings: Settings) -> None:
         # handler lets our own `async with` blocks close Kafka and the pool after it.
         signal.signal(signal.SIGTERM, lambda *_: None)
         log.info("api listening", extra={"url": f"http://{settings.host}:{settings.port}"})
-        await server.serve()
+        await server.serve(sockets=[_listen(settings)])
         tasks.cancel_scope.cancel()
     log.info("api stopped")
 
@@ -89,6 +90,21 @@ class _Server(uvicorn.Server):
             # Runs in the signal handler, between two steps of the event loop's thread;
             # closing only sets flags and wakes waiters.
             self.reader.fanout.close()
+
+
+def _listen(settings: Settings) -> socket.socket:
+    """The api's listening socket; accepted connections inherit its send buffer size.
+
+    Note: a feed client that stops reading is detected only once our writes to it
+    block, i.e. once its socket's send buffer is full; a fixed buffer (instead of
+    autotuning up to 4 MiB) makes that prompt and bounds the memory it pins.
+    """
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.create_server((settings.host, settings.port), family=family, backlog=2048)
+    if settings.socket_sndbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.socket_sndbuf)
+    sock.set_inheritable(True)
+    return sock
 
 
 def _feed_metrics(metrics: Metrics, reader: CommittedReader) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 
 import msgspec
@@ -69,7 +69,8 @@ def _insert_statement(rows: int) -> str:
 
 
 def _message(row: TupleRow) -> Message:
-    return Message(id=row[0], author=row[1], text=row[2], created_at=row[3])
+    # The session's time zone shapes how timestamps come back; the api speaks UTC only.
+    return Message(id=row[0], author=row[1], text=row[2], created_at=row[3].astimezone(UTC))
 
 
 class MessageStore:

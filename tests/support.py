@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
+import httpx
+import msgspec
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from local_stack import Stack
@@ -59,3 +62,78 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
 
 def log_of(stack: Stack, role: str) -> Path:
     return stack.root / "logs" / f"{role}.log"
+
+
+class SseEvent(msgspec.Struct, frozen=True):
+    """One dispatched Server-Sent Event (comments are kept as event `comment`)."""
+
+    event: str
+    data: str
+    id: str | None
+
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+
+class SseReader:
+    """Parses an SSE byte stream per the WHATWG rules we rely on (id, event, data, comments).
+
+    Note: the id persists across events, as in a browser, so `last_id` is what an
+    EventSource would send as Last-Event-ID on reconnect.
+    """
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._lines = response.aiter_lines()
+        self.last_id: str | None = None
+        self._id_buffer: str | None = None
+        self.retry_ms: int | None = None
+
+    async def next(self, within: float = 10) -> SseEvent | None:
+        """The next event or comment; None when the stream ended."""
+        event, data = "message", list[str]()
+        with anyio.fail_after(within):
+            async for line in self._lines:
+                if line == "":
+                    # Dispatch: the id takes effect even for an event without data.
+                    self.last_id = self._id_buffer
+                    if data:
+                        return SseEvent(event, "\n".join(data), self.last_id)
+                    event = "message"
+                    continue
+                if line.startswith(":"):
+                    return SseEvent("comment", line[1:].strip(), self.last_id)
+                name, _, value = line.partition(":")
+                value = value.removeprefix(" ")
+                if name == "id":
+                    self._id_buffer = value
+                elif name == "event":
+                    event = value
+                elif name == "data":
+                    data.append(value)
+                elif name == "retry":
+                    self.retry_ms = int(value)
+        return None
+
+    async def messages(self, count: int, within: float = 20) -> list[SseEvent]:
+        """The next `count` events that are not comments."""
+        got: list[SseEvent] = []
+        with anyio.fail_after(within):
+            while len(got) < count:
+                event = await self.next(within)
+                if event is None:
+                    raise AssertionError(f"stream ended after {len(got)} of {count} events")
+                if event.event != "comment":
+                    got.append(event)
+        return got
+
+
+async def post_many(
+    client: httpx.AsyncClient, author: str, count: int, prefix: str = "m"
+) -> list[str]:
+    """Post `count` messages one after another; the ids in posting order."""
+    ids = []
+    for i in range(count):
+        r = await client.post("/messages", json={"author": author, "text": f"{prefix} {i}"})
+        assert r.status_code == 202, r.text
+        ids.append(r.json()["id"])
+    return ids

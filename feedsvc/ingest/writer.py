@@ -43,6 +43,10 @@ def decode_batch(records: Sequence[Any]) -> tuple[list[Message], list[DeadLetter
     return list(messages.values()), dead
 
 
+class BatchAbandoned(Exception):
+    """The writer was told to stop while the database was down; the batch stays uncommitted."""
+
+
 class Writer:
     """Stores every record of its partitions exactly once, committing offsets last.
 
@@ -73,7 +77,14 @@ class Writer:
             fetched = await self.consumer.getmany(timeout_ms=self.linger_ms, max_records=self.batch)
             records = [r for partition in fetched.values() for r in partition]
             if records:
-                await self.handle(records, stopping)
+                try:
+                    await self.handle(records, stopping)
+                except BatchAbandoned as exc:
+                    log.warning(
+                        "stopping with a batch unstored; it will be read again",
+                        extra={"rows": exc.args[0]},
+                    )
+                    return
             if time.monotonic() - last_report >= 5 and self.stored != reported:
                 log.info(
                     "writer progress",
@@ -117,7 +128,7 @@ class Writer:
                 if stopping.is_set() and delay >= 1:
                     # Shutting down during an outage: leave the batch uncommitted;
                     # whoever owns the partitions next stores it.
-                    raise
+                    raise BatchAbandoned(len(messages)) from exc
                 log.warning(
                     "insert failed, retrying",
                     extra={"error": repr(exc), "rows": len(messages), "retry_in_s": delay},

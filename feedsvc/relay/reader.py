@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from aiokafka import TopicPartition
 
 from feedsvc import kafka
@@ -68,14 +69,18 @@ class CommittedReader:
             log.info("relay reading", extra={"from_offset": fanout.start_offset, "end": high})
             task_status.started()
             try:
+                # Subscribers busy writing take their frames between our steps; publishing
+                # more than half a buffer in one step could push them over it for nothing.
+                step = max(1, self.settings.subscriber_buffer // 2)
                 while True:
-                    batch = await consumer.getmany(PARTITION, timeout_ms=1000, max_records=10_000)
+                    batch = await consumer.getmany(PARTITION, timeout_ms=1000, max_records=step)
                     for record in batch.get(PARTITION, ()):
                         event = _decode(record)
                         if isinstance(event, Row | Delete):
                             self.published += fanout.publish(record.offset, event)
                         else:
                             fanout.advance(record.offset)
+                    await anyio.lowlevel.checkpoint()
             finally:
                 fanout.close()
 
