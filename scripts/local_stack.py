@@ -461,7 +461,11 @@ class KafkaBroker:
         props.write_text(self._properties())
         if (self.data / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        # Kafka's own Uuid.randomUuid never starts with "-": StorageTool would read such
+        # an id as an option and fail ("expected one argument").
+        cluster_id = "-"
+        while cluster_id.startswith("-"):
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         self.logs.mkdir(parents=True, exist_ok=True)
         done = subprocess.run(
             [
