@@ -21,10 +21,10 @@ from bot import control
 from bot.backpressure import Backpressure
 from bot.config import ConfigError, Settings, load_settings
 from bot.content import MessageGenerator
-from bot.logs import configure_logging
 from bot.pacing import TokenBucket
 from bot.poster import Poster
 from bot.stats import Stats, log_line, report
+from feedsvc.logs import configure_logging
 
 log = logging.getLogger("bot")
 
@@ -116,7 +116,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except ConfigError as exc:
         print(f"python -m bot: error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    # The same line format as feedsvc's processes, so one query reads all their logs.
+    configure_logging(settings.log_level, "bot")
+    # httpx logs every request at INFO; the stats line already sums them up.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         # uvloop (with uvicorn[standard]) spends less CPU per request, which is what caps
         # the rate one bot reaches; plain asyncio where it is missing.
