@@ -215,7 +215,20 @@ class Standin:
         self.wake.set()
 
     async def run(self) -> None:
-        """Install the capture, then loop until `stopping` is set."""
+        """Install the capture, then loop until `stopping` is set, reconnecting as needed.
+
+        Note: like a changefeed, it outlives database restarts; the outbox holds every
+        row not yet produced, so a reconnect loses nothing (and may repeat a few rows).
+        """
+        while not self.stopping.is_set():
+            try:
+                await self._run_connected()
+            except psycopg.OperationalError as exc:
+                log.warning("database connection lost (%s); reconnecting", str(exc).strip())
+                if await _sleep_unless(self.stopping, 1.0):
+                    return
+
+    async def _run_connected(self) -> None:
         opts = self.options
         async with await psycopg.AsyncConnection.connect(
             opts.database_url, autocommit=True
