@@ -26,9 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from local_stack import Service, Stack, StackError, free_port, scratch_dir
-
-REPO = Path(__file__).resolve().parents[1]
+from bench_common import baseline_server, fresh_stack, loadavg, machine, say
+from local_stack import Stack
 
 # One request pool per wrk thread (bodies built once), ids kept in a table that done()
 # collects: files written from response() would need a flush that done() cannot do.
@@ -130,10 +129,6 @@ end
 """
 
 
-def say(text: str) -> None:
-    print(f"bench: {text}", file=sys.stderr, flush=True)
-
-
 def ensure_wrk() -> str:
     """wrk's path; installed with apt when missing and we are root."""
     found = shutil.which("wrk")
@@ -209,21 +204,10 @@ class Load:
 
 def baseline(wrk: str, args: argparse.Namespace, workdir: Path) -> Load:
     """The bare handler's throughput, served by uvicorn like the api."""
-    port = free_port()
-    server = Service(
-        "baseline",
-        [sys.executable, str(REPO / "scripts" / "bench_baseline.py"), str(port)],
-        {**os.environ, "PYTHONPATH": str(REPO)},
-        workdir / "baseline.log",
-    )
-    server.start()
-    try:
-        server.wait_http_ok(f"http://127.0.0.1:{port}/health", 30)
-        load = Load(wrk, f"http://127.0.0.1:{port}", args, args.baseline_seconds)
+    with baseline_server("bench_baseline.py", workdir) as (_, url):
+        load = Load(wrk, url, args, args.baseline_seconds)
         load.run(workdir)
         return load
-    finally:
-        server.terminate(10)
 
 
 class RowCounter:
@@ -262,76 +246,72 @@ class RowCounter:
 def ingest(args: argparse.Namespace) -> dict[str, Any]:
     wrk = ensure_wrk()
     workdir = Path(tempfile.mkdtemp(prefix="feedsvc-bench-"))
-    root = scratch_dir("feedsvc-bench-stack-")
-    # The changefeed stand-in is CockroachDB's work in production: it is left out here.
-    stack = Stack(root, roles=("writer", "api"), log=say)
     try:
-        say(f"starting a fresh stack in {root}")
-        stack.up()
-        load_before = os.getloadavg()
-        base = None
-        if args.baseline_seconds > 0:
-            say(f"baseline: bare Litestar handler for {args.baseline_seconds:g}s")
-            base = baseline(wrk, args, workdir)
-        say(f"ingest: {args.seconds:g}s at {args.rate or 'full'} posts/s")
-        with RowCounter(stack.postgres.url("feedsvc")) as rows:
-            began = time.monotonic()
-            load = Load(wrk, stack.api_url, args, args.seconds)
-            load.run(workdir)
-            load_done = time.monotonic()
-            load_after = os.getloadavg()
-            accepted = len(load.ids)
-            say(f"ingest: {accepted} accepted; waiting for the writer to store them")
-            stored_at = rows.wait(accepted, idle_s=30)
-        with psycopg.connect(stack.postgres.url("feedsvc")) as conn:
-            stored = [r[0] for r in conn.execute("SELECT id::text FROM messages").fetchall()]
-        stored_set = set(stored)
-        accepted_set = set(load.ids)
-        store_s = max(stored_at - began, load.duration_s)
-        return {
-            "mode": "paced" if args.rate else "full",
-            "accepted": accepted,
-            "accepted_per_s": round(accepted / load.duration_s),
-            "stored": len(stored_set),
-            "stored_per_s": round(len(stored_set) / store_s),
-            "drain_after_load_s": round(max(0.0, stored_at - load_done), 2),
-            "lost": len(accepted_set - stored_set),
-            "duplicates": (accepted - len(accepted_set)) + (len(stored) - len(stored_set)),
-            "stored_unacknowledged": len(stored_set - accepted_set),
-            "statuses": dict(load.statuses),
-            "errors": int(load.result["errors"]),
-            "post_p50_ms": load.latency_ms("p50"),
-            "post_p90_ms": load.latency_ms("p90"),
-            "post_p99_ms": load.latency_ms("p99"),
-            "post_p999_ms": load.latency_ms("p99.9"),
-            "post_max_ms": load.latency_ms("max"),
-            "baseline_post_per_s": (
-                round(sum(base.statuses.values()) / base.duration_s) if base else None
-            ),
-            "baseline_p99_ms": base.latency_ms("p99") if base else None,
-            "conditions": {
-                "cpu_count": os.cpu_count(),
-                "loadavg_before": [round(x, 2) for x in load_before],
-                "loadavg_after": [round(x, 2) for x in load_after],
-                "seconds": args.seconds,
-                "baseline_seconds": args.baseline_seconds,
-                "target_rate": args.rate or None,
-                # Paced, the baseline runs at the same rate: its p99 is the framework's share.
-                "baseline_paced": bool(args.rate),
-                "connections": args.connections,
-                "wrk_threads": args.threads,
-                "authors_per_thread": args.authors,
-                "load_generator": "wrk (same machine)",
-                "processes": "1 api, 1 writer, PostgreSQL, 1 Kafka broker; no changefeed",
-            },
-        }
+        # The changefeed stand-in is CockroachDB's work in production: it is left out here.
+        with fresh_stack("feedsvc-bench-stack-", roles=("writer", "api")) as stack:
+            return _ingest(wrk, stack, args, workdir)
     finally:
-        try:
-            stack.down()
-        except StackError as exc:
-            say(f"stack down failed: {exc}")
-        shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _ingest(wrk: str, stack: Stack, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    load_before = loadavg()
+    base = None
+    if args.baseline_seconds > 0:
+        say(f"baseline: bare Litestar handler for {args.baseline_seconds:g}s")
+        base = baseline(wrk, args, workdir)
+    say(f"ingest: {args.seconds:g}s at {args.rate or 'full'} posts/s")
+    with RowCounter(stack.postgres.url("feedsvc")) as rows:
+        began = time.monotonic()
+        load = Load(wrk, stack.api_url, args, args.seconds)
+        load.run(workdir)
+        load_done = time.monotonic()
+        load_after = loadavg()
+        accepted = len(load.ids)
+        say(f"ingest: {accepted} accepted; waiting for the writer to store them")
+        stored_at = rows.wait(accepted, idle_s=30)
+    with psycopg.connect(stack.postgres.url("feedsvc")) as conn:
+        stored = [r[0] for r in conn.execute("SELECT id::text FROM messages").fetchall()]
+    stored_set = set(stored)
+    accepted_set = set(load.ids)
+    store_s = max(stored_at - began, load.duration_s)
+    return {
+        "mode": "paced" if args.rate else "full",
+        "accepted": accepted,
+        "accepted_per_s": round(accepted / load.duration_s),
+        "stored": len(stored_set),
+        "stored_per_s": round(len(stored_set) / store_s),
+        "drain_after_load_s": round(max(0.0, stored_at - load_done), 2),
+        "lost": len(accepted_set - stored_set),
+        "duplicates": (accepted - len(accepted_set)) + (len(stored) - len(stored_set)),
+        "stored_unacknowledged": len(stored_set - accepted_set),
+        "statuses": dict(load.statuses),
+        "errors": int(load.result["errors"]),
+        "post_p50_ms": load.latency_ms("p50"),
+        "post_p90_ms": load.latency_ms("p90"),
+        "post_p99_ms": load.latency_ms("p99"),
+        "post_p999_ms": load.latency_ms("p99.9"),
+        "post_max_ms": load.latency_ms("max"),
+        "baseline_post_per_s": (
+            round(sum(base.statuses.values()) / base.duration_s) if base else None
+        ),
+        "baseline_p99_ms": base.latency_ms("p99") if base else None,
+        "conditions": {
+            **machine(),
+            "loadavg_before": load_before,
+            "loadavg_after": load_after,
+            "seconds": args.seconds,
+            "baseline_seconds": args.baseline_seconds,
+            "target_rate": args.rate or None,
+            # Paced, the baseline runs at the same rate: its p99 is the framework's share.
+            "baseline_paced": bool(args.rate),
+            "connections": args.connections,
+            "wrk_threads": args.threads,
+            "authors_per_thread": args.authors,
+            "load_generator": "wrk (same machine)",
+            "processes": "1 api, 1 writer, PostgreSQL, 1 Kafka broker; no changefeed",
+        },
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
