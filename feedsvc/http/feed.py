@@ -74,8 +74,13 @@ async def feed(
     when this process is full or not ready it answers 200 with a `retry:` hint and ends.
     """
     fanout = reader.fanout
-    # Not caught up yet (just started) or full: a retry hint, never an error status.
-    if fanout is None or not reader.ready or fanout.subscribers >= settings.max_subscribers:
+    # Starting (not caught up), stopping, or full: a retry hint, never an error status.
+    if (
+        fanout is None
+        or not reader.ready
+        or fanout.closed
+        or fanout.subscribers >= settings.max_subscribers
+    ):
         metrics.inc("feedsvc_feed_turned_away_total")
         return Stream(
             [retry_frame(BUSY_RETRY_MS), b": busy, reconnect later\n\n"], headers=SSE_HEADERS

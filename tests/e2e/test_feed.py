@@ -13,7 +13,7 @@ import anyio
 import httpx
 from local_stack import Service, Stack, free_port
 
-from tests.support import SseEvent, SseReader, post_many, stored_ids, wait_for
+from tests.support import SseEvent, SseReader, native_only, post_many, stored_ids, wait_for
 
 
 @asynccontextmanager
@@ -255,6 +255,7 @@ async def _post_into(
     into.extend(await post_many(client, author, count, prefix))
 
 
+@native_only  # the burst is the stand-in's SIGUSR1
 async def test_duplicate_burst_never_reaches_clients(
     client: httpx.AsyncClient, stack: Stack, author: str
 ) -> None:
@@ -293,3 +294,30 @@ async def test_pagination_walks_everything_while_posts_arrive(
     assert (bad.status_code, bad.json()["field"]) == (400, "before")
     assert (await client.get("/messages", params={"limit": 0})).status_code == 400
     assert (await client.get("/messages", params={"limit": 1001})).status_code == 400
+
+
+async def test_shutdown_ends_streams_with_resume(stack: Stack) -> None:
+    """SIGTERM: open streams get a final `resume` event and end; the api exits 0 at once."""
+    port = free_port()
+    api = Service(
+        "api-sigterm",
+        [sys.executable, "-m", "feedsvc", "api"],
+        {**stack.env(), "FEED_PORT": str(port)},
+        stack.root / "logs" / "api-sigterm.log",
+    )
+    api.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        api.wait_http_ok(f"{url}/health/ready", 60)
+        async with open_feed(url, {"limit": 0}) as sse:
+            first = await sse.next(5)  # the heartbeat: the stream is subscribed
+            assert first is not None and first.event == "comment"
+            started = anyio.current_time()
+            assert api.pid is not None
+            os.kill(api.pid, signal.SIGTERM)
+            events = await quiet_for(sse, 5)
+            assert [e.event for e in events] == ["resume"]
+            assert anyio.current_time() - started < 4
+        assert await anyio.to_thread.run_sync(api.wait_exit, 10.0) == 0
+    finally:
+        api.terminate(5)
