@@ -1,7 +1,9 @@
 """The native stack for development, tests and benchmarks: PostgreSQL, Kafka, feedsvc processes.
 
 Importable by tests (pytest puts `scripts/` on the path) and run by `scripts/local-stack`
-as `python scripts/local_stack.py up|down|status [--root DIR]`.
+as `python scripts/local_stack.py up|down|status [--root DIR]`. `ExternalStack` is the
+same thing without the servers: only the feedsvc processes, against a database and
+Kafka that run elsewhere (the test container of `scripts/test-in-docker`).
 
 Note: PID 1 on our machines does not reap orphans, so a process whose parent has gone
 stays a zombie after it exits; liveness here reads `/proc/<pid>/stat` and counts a zombie
@@ -702,13 +704,23 @@ class Stack:
         """The api's base URL."""
         return f"http://127.0.0.1:{self.state['ports']['api']}"
 
+    @property
+    def database_url(self) -> str:
+        """The feedsvc database, as the processes and tests connect to it."""
+        return self.postgres.url("feedsvc")
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        """Kafka, as the processes and tests bootstrap from it."""
+        return self.kafka.bootstrap
+
     def env(self) -> dict[str, str]:
         """The environment of every feedsvc process: ours, minus stray FEED_*, plus the stack."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("FEED_")}
         env.update(
             {
-                "FEED_DATABASE_URL": self.postgres.url("feedsvc"),
-                "FEED_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
+                "FEED_DATABASE_URL": self.database_url,
+                "FEED_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
                 "FEED_HOST": "127.0.0.1",
                 "FEED_PORT": str(self.state["ports"]["api"]),
                 "PYTHONUNBUFFERED": "1",
@@ -804,6 +816,11 @@ class Stack:
         if status != 0:
             raise StackError(f"feedsvc setup exited {status}:\n{setup.log_tail()}")
         self._log("setup: done")
+        self._start_roles()
+        self._log(f"up in {time.monotonic() - began:.1f}s; logs in {self.root / 'logs'}")
+
+    def _start_roles(self) -> None:
+        """Start each role's process that is not running; the api last, waited for."""
         started = 0.0  # when the last process was started here
         for role in self.roles:
             if role == "changefeed" and not STANDIN.exists():
@@ -828,22 +845,25 @@ class Stack:
             svc = self.service(role)
             if role in self.state["pids"] and not svc.running:
                 raise StackError(f"{role} exited during start-up:\n{svc.log_tail()}")
-        self._log(f"up in {time.monotonic() - began:.1f}s; logs in {self.root / 'logs'}")
 
     def _down(self) -> None:
-        for role in reversed(ROLES):  # all, whoever started them
-            svc = self.service(role)
-            if svc.running:
-                svc.terminate(30.0)
-                self._log(f"{role}: stopped")
-            self.state["pids"].pop(role, None)
-            self._save_state()
+        self._stop_roles(ROLES)  # all, whoever started them
         if self.kafka.running:
             self.kafka.stop()
             self._log("kafka: stopped")
         if self.postgres.running:
             self.postgres.stop()
             self._log("postgres: stopped")
+
+    def _stop_roles(self, roles: Sequence[str]) -> None:
+        """Stop the processes of `roles` that run, in reverse order."""
+        for role in reversed(roles):
+            svc = self.service(role)
+            if svc.running:
+                svc.terminate(30.0)
+                self._log(f"{role}: stopped")
+            self.state["pids"].pop(role, None)
+            self._save_state()
 
     def status(self) -> dict[str, bool]:
         """Which pieces run."""
@@ -860,6 +880,74 @@ class Stack:
 
     def _save_state(self) -> None:
         self._state_path.write_text(json.dumps(self.state, indent=2))
+
+
+class ExternalStack(Stack):
+    """The feedsvc processes only (writer, api), against a database and Kafka run elsewhere.
+
+    For the test container of `scripts/test-in-docker`: CockroachDB and Kafka are compose
+    services that `feedsvc setup` has already prepared (schema, topics, changefeed), and
+    the real changefeed feeds `messages.committed`, so there is no server, no setup and
+    no stand-in to start here. `up`, `down`, `service`, `env` and `status` work as on a
+    `Stack`; there is no `postgres` or `kafka` attribute to stop or restart.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        database_url: str,
+        kafka_bootstrap: str,
+        extra_env: Mapping[str, str] | None = None,
+        *,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        if not database_url or not kafka_bootstrap:
+            raise StackError("an external stack needs a database URL and a Kafka bootstrap")
+        self._database_url = database_url
+        self._kafka_bootstrap = kafka_bootstrap
+        super().__init__(root, extra_env, roles=("writer", "api"), log=log)
+
+    @property
+    def database_url(self) -> str:
+        """The external database, as given."""
+        return self._database_url
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        """The external Kafka, as given."""
+        return self._kafka_bootstrap
+
+    def service(self, role: str) -> Service:
+        """The process of `role` (writer or api); the changefeed is not a process here."""
+        if role not in self.roles:
+            raise StackError(
+                f"{role}: not a process of an external stack ({', '.join(self.roles)})"
+            )
+        return super().service(role)
+
+    def _refresh(self) -> None:
+        """Read state.json, choosing and saving the api's port if it has none."""
+        try:
+            self.state = json.loads(self._state_path.read_text())
+        except FileNotFoundError:
+            self.state = {}
+        self.state.setdefault("pids", {})
+        ports = self.state.setdefault("ports", {})
+        if "api" not in ports:
+            ports["api"] = free_port()
+        self._save_state()
+
+    def _up(self) -> None:
+        began = time.monotonic()
+        self._start_roles()
+        self._log(f"up in {time.monotonic() - began:.1f}s; logs in {self.root / 'logs'}")
+
+    def _down(self) -> None:
+        self._stop_roles(self.roles)
+
+    def status(self) -> dict[str, bool]:
+        """Which processes run."""
+        return {role: self.service(role).running for role in self.roles}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

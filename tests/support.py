@@ -1,8 +1,9 @@
-"""Helpers the integration and end-to-end tests share: bounded waits and direct reads."""
+"""Helpers the integration and end-to-end tests share: the backend, bounded waits, direct reads."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -12,10 +13,28 @@ import anyio
 import httpx
 import msgspec
 import psycopg
+import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from local_stack import Stack
 
 T = TypeVar("T")
+
+BACKENDS = ("native", "cockroach")
+BACKEND = os.environ.get("FEEDSVC_TEST_BACKEND") or "native"
+"""What the tests run against (FEEDSVC_TEST_BACKEND): `native`, the default, is
+PostgreSQL, a Kafka broker and the changefeed stand-in that the tests start themselves;
+`cockroach` is the compose services of `scripts/test-in-docker` (the real CockroachDB
+cluster, Kafka and changefeed), at the FEEDSVC_TEST_* addresses."""
+if BACKEND not in BACKENDS:
+    raise RuntimeError(f"FEEDSVC_TEST_BACKEND={BACKEND!r}: expected one of {', '.join(BACKENDS)}")
+COCKROACH = BACKEND == "cockroach"
+
+native_only = pytest.mark.skipif(
+    COCKROACH,
+    reason="native only: stops, freezes or rebuilds the database, Kafka or the changefeed "
+    "stand-in, or runs PostgreSQL-only SQL; the cockroach backend's are shared compose services",
+)
+"""Marks a test (or, as `pytestmark`, a module) that needs the native stack's powers."""
 
 
 async def wait_for(
@@ -32,20 +51,17 @@ async def wait_for(
         await anyio.sleep(0.1)
 
 
-def database_url(stack: Stack) -> str:
-    return stack.postgres.url("feedsvc")
-
-
 async def stored_ids(stack: Stack, author: str) -> list[str]:
     """Ids of the stored messages of one author, with repeats if any."""
-    async with await psycopg.AsyncConnection.connect(database_url(stack)) as conn:
+    # Plain SQL that CockroachDB and PostgreSQL both run (UUID to text cast included).
+    async with await psycopg.AsyncConnection.connect(stack.database_url) as conn:
         cur = await conn.execute("SELECT id::text FROM messages WHERE author = %s", (author,))
         return [row[0] for row in await cur.fetchall()]
 
 
 async def end_offsets(stack: Stack, topic: str) -> dict[int, int]:
     """The end offset of each partition of a topic."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka.bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap)
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(await _partitions(consumer, topic))]

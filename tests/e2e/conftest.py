@@ -1,18 +1,28 @@
-"""End-to-end fixtures: real PostgreSQL, a real Kafka broker and feedsvc processes.
+"""End-to-end fixtures: the feedsvc processes against a real database and a real Kafka.
 
-One stack serves the whole session (tests keep apart by unique authors); the
-outage drills build their own with `make_stack`, so stopping a broker or the
-database never disturbs another test.
+Natively (the default) the tests start everything: PostgreSQL, a Kafka broker, the
+changefeed stand-in and the feedsvc processes. One stack serves the whole session
+(tests keep apart by unique authors); the outage drills build their own with
+`make_stack`, so stopping a broker or the database never disturbs another test.
+
+With FEEDSVC_TEST_BACKEND=cockroach (the test container of `scripts/test-in-docker`)
+the database, Kafka and the changefeed are compose services that setup has prepared;
+the session's stack is then only the api and writer processes, started here against
+the FEEDSVC_TEST_* addresses. Tests that need to stop or rebuild a server are
+`native_only` (tests/support.py) and skipped.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 
 import httpx
 import pytest
-from local_stack import Stack, scratch_dir
+from local_stack import ExternalStack, Stack, StackError, scratch_dir
+
+from tests.support import COCKROACH
 
 # Quicker reactions than production: tests wait on these, users do not.
 FAST = {
@@ -26,14 +36,40 @@ FAST = {
     "STANDIN_DUPLICATE_EVERY": "5",
 }
 
+# Where the cockroach backend's services are, as compose.yaml's `tests` service says.
+EXTERNAL_DATABASE = "FEEDSVC_TEST_DATABASE_URL"
+EXTERNAL_KAFKA = "FEEDSVC_TEST_KAFKA_BOOTSTRAP"
+
 
 def _quiet(_: str) -> None:
     pass
 
 
+def external_stack(environ: Mapping[str, str]) -> ExternalStack:
+    """The cockroach backend's stack (not started): api and writer against FEEDSVC_TEST_*."""
+    missing = [name for name in (EXTERNAL_DATABASE, EXTERNAL_KAFKA) if not environ.get(name)]
+    if missing:
+        raise StackError(
+            f"FEEDSVC_TEST_BACKEND=cockroach needs {' and '.join(missing)} "
+            "(compose.yaml's `tests` service sets them)"
+        )
+    return ExternalStack(
+        scratch_dir(),
+        environ[EXTERNAL_DATABASE],
+        environ[EXTERNAL_KAFKA],
+        FAST,
+        log=_quiet,
+    )
+
+
 @pytest.fixture(scope="session")
 def make_stack() -> Iterator[Callable[..., Stack]]:
-    """Builds stacks under scratch directories; every one is torn down at the end."""
+    """Builds native stacks under scratch directories; every one is torn down at the end."""
+    if COCKROACH:
+        # A test that builds its own servers cannot run against the compose services.
+        pytest.fail(
+            "make_stack builds native stacks only: mark the test native_only", pytrace=False
+        )
     made: list[Stack] = []
 
     def make(extra_env: Mapping[str, str] | None = None) -> Stack:
@@ -48,9 +84,17 @@ def make_stack() -> Iterator[Callable[..., Stack]]:
 
 
 @pytest.fixture(scope="session")
-def stack(make_stack: Callable[..., Stack]) -> Stack:
-    """The session's shared stack: api, writer and changefeed stand-in, ready."""
-    return make_stack()
+def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """The session's shared stack, ready: api, writer and the changefeed (or its stand-in)."""
+    if not COCKROACH:
+        yield request.getfixturevalue("make_stack")()
+        return
+    external = external_stack(os.environ)
+    try:
+        external.up()
+        yield external
+    finally:
+        external.down()
 
 
 @pytest.fixture

@@ -22,9 +22,11 @@ import psycopg
 import pytest
 from local_stack import Stack
 
-from tests.support import database_url, log_of, stored_ids, wait_for
+from tests.support import log_of, native_only, stored_ids, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.stack]
+# Every drill stops or freezes a server, kills a process of a stack of its own, or
+# runs PostgreSQL-only SQL (plpgsql triggers, ALTER SYSTEM, pg_stat_activity).
+pytestmark = [pytest.mark.slow, pytest.mark.stack, native_only]
 
 MakeStack = Callable[..., Stack]
 
@@ -110,7 +112,7 @@ async def all_stored(
 
 
 async def sql(stack: Stack, *statements: str) -> None:
-    async with await psycopg.AsyncConnection.connect(database_url(stack), autocommit=True) as conn:
+    async with await psycopg.AsyncConnection.connect(stack.database_url, autocommit=True) as conn:
         for statement in statements:
             await conn.execute(statement.encode())
 
@@ -169,7 +171,7 @@ async def test_writer_killed_mid_stream_loses_nothing(make_stack: MakeStack) -> 
 
 
 async def _active_inserts(stack: Stack) -> int:
-    async with await psycopg.AsyncConnection.connect(database_url(stack)) as conn:
+    async with await psycopg.AsyncConnection.connect(stack.database_url) as conn:
         cur = await conn.execute(
             "SELECT count(*) FROM pg_stat_activity "
             "WHERE state = 'active' AND query LIKE 'INSERT INTO messages%%'"
@@ -321,7 +323,7 @@ async def test_serialization_failure_is_retried(stack: Stack) -> None:
         await wait_for(lambda: stored_ids(stack, author), lambda ids: len(ids) >= 1, 30, "the row")
         await anyio.sleep(0.5)  # a duplicate, if any, would arrive right behind
         assert await stored_ids(stack, author) == [r.json()["id"]]
-        async with await psycopg.AsyncConnection.connect(database_url(stack)) as conn:
+        async with await psycopg.AsyncConnection.connect(stack.database_url) as conn:
             cur = await conn.execute(f"SELECT last_value FROM {name}_seq")
             assert await cur.fetchone() == (3,)  # two failures, then the insert
     finally:

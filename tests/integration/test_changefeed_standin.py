@@ -23,8 +23,9 @@ from aiokafka.structs import ConsumerRecord
 from local_stack import REPO, KafkaBroker, Postgres, Service, free_port, scratch_dir
 
 from feedsvc.relay.changefeed import Delete, Resolved, Row, decode_record
+from tests.support import native_only
 
-pytestmark = pytest.mark.stack
+pytestmark = [pytest.mark.stack, native_only]
 
 STANDIN = REPO / "scripts" / "changefeed_standin.py"
 HLC = re.compile(r"^[0-9]{19}\.[0-9]{10}$")

@@ -23,7 +23,9 @@ from local_stack import (
     scratch_dir,
 )
 
-pytestmark = pytest.mark.stack
+from tests.support import native_only
+
+pytestmark = [pytest.mark.stack, native_only]
 
 
 @pytest.fixture(scope="module")
