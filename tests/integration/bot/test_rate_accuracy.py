@@ -20,7 +20,9 @@ if TYPE_CHECKING:  # fixtures, handed in by pytest; the import is for the type c
         pytest.param(0.1, 0, 3, marks=pytest.mark.slow),
         (0.5, 0, 3),  # 6 s; the bucket's first token is free, so no warm-up to skip
         (5, 3, 20),  # 4 s
-        (200, 200, 600),  # 3 s
+        # 50/s, not hundreds: a test shares two cores with the server it measures, and a
+        # loaded machine then measures itself. Higher rates are for `scripts/bench`.
+        (50, 50, 200),  # 4 s
     ],
 )
 async def test_achieved_rate_is_within_five_percent(

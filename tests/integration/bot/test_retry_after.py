@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # fixtures, handed in by pytest; the import is for the type c
 # A request already on its way when the refusal is sent cannot be called back; on
 # localhost it arrives within a few milliseconds, so this is ample.
 IN_FLIGHT_S = 0.1
+TIMER_GRID_S = 0.002
 
 
 @pytest.mark.parametrize(("status", "concurrency"), [(429, 1), (503, 8)])
@@ -27,7 +28,8 @@ async def test_no_request_before_retry_after_elapses(
     assert refused.status == status
     after = [a.at - refused.answered_at for a in arrivals[6:]]
     if concurrency == 1:
-        assert min(after) >= 1.0
+        # uvloop fires timers on a 1 ms grid, so a wait may end up to a millisecond early.
+        assert min(after) >= 1.0 - TIMER_GRID_S
     else:
         assert not [gap for gap in after if IN_FLIGHT_S < gap < 1.0]
     resumed = min(gap for gap in after if gap >= 1.0)
