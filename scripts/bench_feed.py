@@ -346,17 +346,28 @@ class Phase:
     def figures(self, warmup_s: float, prefix: str = "") -> dict[str, Any]:
         times: dict[str, list[float]] = self.reads["times"]
         latencies: list[float] = []
+        # Split of the latency: to the first client that read the event (the pipeline),
+        # then from that read to each other client's (the fan-out's own share).
+        first: list[float] = []
+        spread: list[float] = []
         in_window = 0
         start, end = self.began + warmup_s, self.ended
         for key, sent_at in self.sent.items():
-            for at in times.get(key, ()):
+            reads = times.get(key)
+            if not reads:
+                continue
+            earliest = min(reads)
+            first.append(earliest - sent_at)
+            for at in reads:
                 latencies.append(at - sent_at)
+                spread.append(at - earliest)
                 if start <= at <= end:
                     in_window += 1
-        latencies.sort()
+        for values in (latencies, first, spread):
+            values.sort()
         missing = sum(self.streams - len(times.get(key, ())) for key in self.sent)
         window = self.ended - self.began
-        ms = [None if v is None else round(v * 1000, 1) for v in _quantiles(latencies)]
+        ms = [_ms(v) for v in _quantiles(latencies)]
         return {
             f"{prefix}deliveries_per_s": round(in_window / max(1e-9, end - start)),
             f"{prefix}offered_deliveries_per_s": round(len(self.sent) * self.streams / window),
@@ -364,6 +375,10 @@ class Phase:
             f"{prefix}deliver_p90_ms": ms[1],
             f"{prefix}deliver_p99_ms": ms[2],
             f"{prefix}deliver_max_ms": ms[3],
+            f"{prefix}first_read_p50_ms": _ms(percentile(first, 50)),
+            f"{prefix}first_read_p99_ms": _ms(percentile(first, 99)),
+            f"{prefix}fanout_spread_p50_ms": _ms(percentile(spread, 50)),
+            f"{prefix}fanout_spread_p99_ms": _ms(percentile(spread, 99)),
             f"{prefix}deliveries": len(latencies),
             f"{prefix}missing": missing,
             f"{prefix}duplicates": self.reads["duplicates"],
@@ -374,6 +389,10 @@ class Phase:
             f"{prefix}clients_cpu_pct": round(100 * self.clients_cpu_s / window, 1),
             **{prefix + k: v for k, v in self.extra.items()},
         }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
 
 
 def _quantiles(values: Sequence[float]) -> list[float | None]:
@@ -464,6 +483,8 @@ def api_phase(
             [
                 *("uvx", "py-spy", "record", "--nonblocking", "-p", str(pid)),
                 *("-d", str(int(args.seconds)), "-o", str(Path(args.profile).resolve())),
+                # A .txt file gets collapsed stacks (one line per stack, for grep and diff).
+                *(("--format", "raw") if args.profile.endswith(".txt") else ()),
             ],
             stdout=subprocess.DEVNULL,
             stderr=(workdir / "py-spy.log").open("wb"),
@@ -574,7 +595,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--seconds", type=float, default=30.0, help="length of the posting (30)")
     run.add_argument("--client-procs", type=int, default=2, help="client processes (2)")
     run.add_argument("--no-baseline", action="store_true", help="skip the bare Litestar run")
-    run.add_argument("--profile", help="record the api with py-spy (uvx) into this SVG")
+    run.add_argument(
+        "--profile",
+        help="py-spy (uvx) the api while posting: a flame graph (.svg) or raw stacks (.txt)",
+    )
     args = parser.parse_args(argv)
     print(json.dumps(feed(args), indent=2))
     return 0
