@@ -160,9 +160,7 @@ def _history_frames(position: str, newest_first: list[Message]) -> list[bytes]:
 
 async def _with_heartbeats(sub: Subscription, every_s: float) -> AsyncIterator[bytes]:
     while True:
-        frames: list[bytes] | None = None
-        with anyio.move_on_after(every_s):
-            frames = await sub.next_frames()
+        frames = await sub.next_frames_within(every_s)
         if frames is None:
             yield PING
             continue
