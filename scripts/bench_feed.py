@@ -14,6 +14,11 @@ parsing does not run on the api's core; the poster is a light httpx client in th
 own process. All of it shares the machine with the stack: the load average and the CPU
 each side used are printed with the figures. Times are `time.monotonic()`, one clock for
 every process on the machine.
+
+The latency is split in two: `first_read` (POST accepted -> the first client read it: the
+write path, the changefeed and the relay) and `fanout_spread` (that first read -> each
+other client's read: the fan-out's own share). A `first_read` below zero means the event
+reached a client before the poster had read its 202 (a slow POST answer, not a fast feed).
 """
 
 from __future__ import annotations
