@@ -7,6 +7,7 @@ place the two differ: the rest of feedsvc runs the SQL both understand.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -57,31 +58,29 @@ def is_cockroach(conn: psycopg.Connection[Any]) -> bool:
 
 def ensure_database(conninfo: str) -> None:
     """Create the database the conninfo names, when it does not exist yet."""
-    params = psycopg.conninfo.conninfo_to_dict(conninfo)
-    name = str(params.get("dbname") or "")
+    name = str(psycopg.conninfo.conninfo_to_dict(conninfo).get("dbname") or "")
     if not name:
         return
+    create = sql.SQL("CREATE DATABASE IF NOT EXISTS {}").format(sql.Identifier(name))
     try:
-        psycopg.connect(conninfo, connect_timeout=10).close()
-        return
+        conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as exc:
         if "does not exist" not in str(exc):
             raise
-    # Every fresh server has a database to connect to while we create ours:
-    # `defaultdb` on CockroachDB, `postgres` on PostgreSQL.
-    for fallback in ("defaultdb", "postgres"):
-        try:
-            conn = psycopg.connect(conninfo, dbname=fallback, autocommit=True, connect_timeout=10)
-        except psycopg.OperationalError:
-            continue
-        with conn:
-            try:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-                log.info("created database", extra={"database": name})
-            except psycopg.errors.DuplicateDatabase:
-                pass  # a concurrent setup created it first
+        # PostgreSQL refuses the connection; create it from the maintenance database.
+        with (
+            psycopg.connect(conninfo, dbname="postgres", autocommit=True, connect_timeout=10) as pg,
+            contextlib.suppress(psycopg.errors.DuplicateDatabase),
+        ):  # a concurrent setup
+            pg.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        log.info("created database", extra={"database": name})
         return
-    raise RuntimeError(f"database {name!r} does not exist and cannot be created")
+    with conn:
+        if is_cockroach(conn):
+            # CockroachDB accepts a connection to a database that does not exist yet
+            # (statements fail later), so "connected" proves nothing: create it if absent.
+            # https://www.cockroachlabs.com/docs/stable/create-database
+            conn.execute(create)
 
 
 def ensure_schema(conn: psycopg.Connection[Any]) -> None:
@@ -146,12 +145,14 @@ def find_changefeed(conn: psycopg.Connection[Any], sink: str) -> ChangefeedJob |
         """
         SELECT job_id, status, high_water_timestamp::STRING
           FROM [SHOW CHANGEFEED JOBS]
-         WHERE sink_uri = %s
+         WHERE sink_uri LIKE %s
            AND array_to_string(full_table_names, ',') LIKE '%%.messages'
          ORDER BY created DESC
          LIMIT 1
         """,
-        (sink,),
+        # Matched on scheme and topic, not the whole URI: SHOW CHANGEFEED JOBS may render
+        # the URI it was given differently (redacted or reordered parameters).
+        (f"kafka://%topic_name={sink.rsplit('topic_name=', 1)[-1]}%",),
     ).fetchone()
     return None if row is None else ChangefeedJob(int(row[0]), str(row[1]), row[2])
 
