@@ -1,4 +1,4 @@
-"""`python -m feedsvc setup`'s database steps on a real server: idempotent, creating what is missing."""
+"""Setup's database steps on a real server: idempotent, creating what is missing."""
 
 from __future__ import annotations
 
