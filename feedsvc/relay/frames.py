@@ -84,50 +84,28 @@ def event_frame(offset: int, event: Row | Delete) -> tuple[str, bytes]:
     return eid, delete_frame(eid, event.id)
 
 
+def _frame(eid: str, event: bytes, data: bytes) -> bytes:
+    return b"".join((b"id: ", eid.encode(), b"\nevent: ", event, b"\ndata: ", data, b"\n\n"))
+
+
 def message_frame(eid: str, message: Message) -> bytes:
     """`event: message` carrying the message as JSON."""
-    return b"".join(
-        (b"id: ", eid.encode(), b"\nevent: message\ndata: ", _encoder.encode(message), b"\n\n")
-    )
+    return _frame(eid, b"message", _encoder.encode(message))
 
 
 def delete_frame(eid: str, message_id: uuid.UUID) -> bytes:
     """`event: delete` carrying `{"id": ...}` of the deleted message."""
-    return b"".join(
-        (
-            b"id: ",
-            eid.encode(),
-            b"\nevent: delete\ndata: ",
-            _encoder.encode(Deleted(message_id)),
-            b"\n\n",
-        )
-    )
+    return _frame(eid, b"delete", _encoder.encode(Deleted(message_id)))
 
 
 def reset_frame(eid: str, reason: str) -> bytes:
     """`event: reset`: the client's position is lost; history from scratch follows."""
-    return b"".join(
-        (
-            b"id: ",
-            eid.encode(),
-            b"\nevent: reset\ndata: ",
-            _encoder.encode(ResetNotice(reason)),
-            b"\n\n",
-        )
-    )
+    return _frame(eid, b"reset", _encoder.encode(ResetNotice(reason)))
 
 
 def resume_frame(eid: str, reason: str) -> bytes:
     """`event: resume`, the last frame of a stream the server ends; `id:` repeats the last one."""
-    return b"".join(
-        (
-            b"id: ",
-            eid.encode(),
-            b"\nevent: resume\ndata: ",
-            _encoder.encode(ResumeNotice(eid, reason)),
-            b"\n\n",
-        )
-    )
+    return _frame(eid, b"resume", _encoder.encode(ResumeNotice(eid, reason)))
 
 
 def id_frame(eid: str) -> bytes:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import sys
 import time
@@ -20,7 +19,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
-from local_stack import REPO, KafkaBroker, Postgres, Service, free_port, scratch_dir
+from local_stack import REPO, KafkaBroker, Postgres, Service
 
 from feedsvc.relay.changefeed import Delete, Resolved, Row, decode_record
 from tests.support import native_only
@@ -38,29 +37,6 @@ SCHEMA = """
 """
 
 Records = list[ConsumerRecord[bytes, bytes]]
-
-
-@pytest.fixture(scope="module")
-def root() -> Iterator[Path]:
-    path = scratch_dir("feedsvc-standin-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def postgres(root: Path) -> Iterator[Postgres]:
-    pg = Postgres(root / "postgres", free_port())
-    pg.start()
-    yield pg
-    pg.stop()
-
-
-@pytest.fixture(scope="module")
-def kafka(root: Path) -> Iterator[KafkaBroker]:
-    broker = KafkaBroker(root / "kafka", free_port())
-    broker.start()
-    yield broker
-    broker.stop()
 
 
 class Feed:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -26,29 +25,6 @@ from local_stack import (
 from tests.support import native_only
 
 pytestmark = [pytest.mark.stack, native_only]
-
-
-@pytest.fixture(scope="module")
-def root() -> Iterator[Path]:
-    path = scratch_dir()
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def postgres(root: Path) -> Iterator[Postgres]:
-    pg = Postgres(root / "postgres", free_port())
-    pg.start()
-    yield pg
-    pg.stop()
-
-
-@pytest.fixture(scope="module")
-def kafka(root: Path) -> Iterator[KafkaBroker]:
-    broker = KafkaBroker(root / "kafka", free_port())
-    broker.start()
-    yield broker
-    broker.stop()
 
 
 def _count(pg: Postgres, database: str, marker: str) -> int:

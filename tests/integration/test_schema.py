@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import psycopg
 import pytest
-from local_stack import Postgres, free_port, scratch_dir
+from local_stack import Postgres
 
 from feedsvc import schema
 from tests.support import native_only
 
 pytestmark = [pytest.mark.stack, native_only]
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    server = Postgres(scratch_dir(), free_port())
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_missing_database_is_created_once(postgres: Postgres) -> None:
