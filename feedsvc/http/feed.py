@@ -142,8 +142,9 @@ async def _events(
             # DESIGN §3 handoff: subscribed first, now the history, then the live
             # events minus those the history already had.
             history = await store.page(limit) if limit else []
-            sub.exclude({m.id for m in history})
-            yield b"".join(_history_frames(sub.last_id, history))
+            if history:
+                sub.exclude({m.id for m in history})
+                yield b"".join(_history_frames(sub.last_id, history))
         async for frames in _with_heartbeats(sub, settings.heartbeat_s):
             yield frames
         if fanout.closed:
