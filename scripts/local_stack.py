@@ -767,18 +767,26 @@ class Stack:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def _refresh(self) -> None:
-        """Read state.json (choosing and saving any missing port) and bind the servers."""
+    PORTS: tuple[str, ...] = ("postgres", "kafka", "kafka_controller", "api")
+    """The ports this stack listens on, chosen once and kept in state.json."""
+
+    def _read_state(self) -> dict[str, int]:
+        """Read state.json, choosing and saving any missing port; returns the ports."""
         try:
             self.state = json.loads(self._state_path.read_text())
         except FileNotFoundError:
             self.state = {}
         self.state.setdefault("pids", {})
-        ports = self.state.setdefault("ports", {})
-        for name in ("postgres", "kafka", "kafka_controller", "api"):
+        ports: dict[str, int] = self.state.setdefault("ports", {})
+        for name in self.PORTS:
             if name not in ports:
                 ports[name] = free_port()
         self._save_state()
+        return ports
+
+    def _refresh(self) -> None:
+        """Read state.json and bind the servers to its ports."""
+        ports = self._read_state()
         # Rebuilt only when the ports changed: a broker started here keeps its process handle.
         pg = getattr(self, "postgres", None)
         if pg is None or pg.port != ports["postgres"]:
@@ -925,17 +933,11 @@ class ExternalStack(Stack):
             )
         return super().service(role)
 
+    PORTS = ("api",)
+
     def _refresh(self) -> None:
-        """Read state.json, choosing and saving the api's port if it has none."""
-        try:
-            self.state = json.loads(self._state_path.read_text())
-        except FileNotFoundError:
-            self.state = {}
-        self.state.setdefault("pids", {})
-        ports = self.state.setdefault("ports", {})
-        if "api" not in ports:
-            ports["api"] = free_port()
-        self._save_state()
+        """Read state.json; there are no servers of ours to bind."""
+        self._read_state()
 
     def _up(self) -> None:
         began = time.monotonic()
