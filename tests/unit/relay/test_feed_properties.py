@@ -46,6 +46,20 @@ class Topic:
         self.records.append(None)
         self.fanout.advance(len(self.records) - 1)
 
+    def apply(self, op: str, pick: int) -> bool:
+        """Carry out a changefeed-side step (c, e, d, r); False for any other op."""
+        if op == "c":
+            self.commit()
+        elif op == "e":
+            self.emit(pick)
+        elif op == "d":
+            self.emit(pick, duplicate=True)
+        elif op == "r":
+            self.resolved()
+        else:
+            return False
+        return True
+
     def first_offsets(self) -> dict[int, int]:
         first: dict[int, int] = {}
         for offset, record in enumerate(self.records):
@@ -95,15 +109,9 @@ def test_history_then_live_each_message_once(ops: list[tuple[str, int]]) -> None
             live.extend(_numbers(sub.take()))
 
     for op, pick in ops:
-        if op == "c":
-            topic.commit()
-        elif op == "e":
-            topic.emit(pick)
-        elif op == "d":
-            topic.emit(pick, duplicate=True)
-        elif op == "r":
-            topic.resolved()
-        elif op == "s":
+        if topic.apply(op, pick):
+            continue
+        if op == "s":
             connect()
         elif op == "h":
             read_history()
@@ -172,15 +180,9 @@ def test_resume_through_ring_and_replay_loses_nothing(
 
     sub = attach(last_id)
     for op, pick in ops:
-        if op == "c":
-            topic.commit()
-        elif op == "e":
-            topic.emit(pick)
-        elif op == "d":
-            topic.emit(pick, duplicate=True)
-        elif op == "r":
-            topic.resolved()
-        elif op == "t":
+        if topic.apply(op, pick):
+            continue
+        if op == "t":
             receive(sub.take())
             if sub.ended:  # told to resume: reconnect as a browser does
                 sub = attach(last_id)
