@@ -22,10 +22,22 @@ pytestmark = pytest.mark.skipif(
 
 FAKE_DOCKER = r"""#!/usr/bin/env bash
 echo "$*" >>"$FAKE_CALLS"
+if [ -n "$FAKE_NO_COMPOSE" ] && [ "$1" = compose ]; then
+  # What docker says when the Compose plugin is not installed.
+  for arg in "$@"; do
+    case "$arg" in --*) echo "unknown flag: $arg" >&2; exit 125 ;; esac
+  done
+  echo "docker: 'compose' is not a docker command." >&2; exit 1
+fi
 case "$*" in
   info) exit 0 ;;
   "compose version --short") echo "$FAKE_COMPOSE_VERSION" ;;
-  "compose build") echo built ;;
+  "compose config --images")
+    printf '%s\n' cockroachdb/cockroach:v25.4.14 apache/kafka:4.1.1 feedsvc:local ;;
+  image\ inspect*)
+    case " $FAKE_MISSING_IMAGES " in *" ${*: -1} "*) exit 1 ;; esac ;;
+  "compose pull --ignore-buildable") echo "pulling with progress" ;;
+  "compose build") echo "building with progress" ;;
   compose\ up*)
     if [ -n "$FAKE_UP_ERROR" ]; then echo "$FAKE_UP_ERROR" >&2; exit 1; fi ;;
   "compose ps --all --quiet") printf '%s\n' c1 c2 c3 c4 c5 c6 ;;
@@ -35,6 +47,15 @@ case "$*" in
       'setup|exited||1' 'writer|restarting|unhealthy|1' 'writer|restarting|unhealthy|1' ;;
   "compose config --services")
     printf '%s\n' roach1 roach-init kafka setup writer api ;;
+  compose\ exec\ -T\ roach1\ cockroach\ sql\ --insecure\ --format=tsv\ -e*)
+    [ -z "$FAKE_SQL_DOWN" ] || exit 1
+    case "$*" in
+      *"SHOW CLUSTER SETTING enterprise.license"*)
+        printf 'enterprise.license\n%s\n' "$FAKE_LICENSE" ;;
+      *"FROM feedsvc.cluster_init"*)
+        printf 'timestamp\n'; [ -z "$FAKE_INIT_UNKNOWN" ] && echo "2026-12-05 07:40:54" ;;
+      *) exit 5 ;;
+    esac ;;
   compose\ logs*) echo "last lines of ${*: -1}" ;;
   "compose port api 8000") echo 127.0.0.1:18000 ;;
   compose\ port*) echo 127.0.0.1:1 ;;
@@ -45,9 +66,18 @@ esac
 
 
 def run(
-    tmp_path: Path, script: str, *args: str, version: str = "2.29.1", up_error: str = ""
+    tmp_path: Path,
+    script: str,
+    *args: str,
+    version: str = "2.29.1",
+    up_error: str = "",
+    **knobs: str,
 ) -> tuple[subprocess.CompletedProcess[str], list[str]]:
-    """Run a script with the fake docker first on PATH; returns its result and the calls."""
+    """Run a script with the fake docker first on PATH; returns its result and the calls.
+
+    `knobs` sets the fake's other knobs: no_compose, missing_images, license, sql_down,
+    init_unknown (each FAKE_<NAME>).
+    """
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     fake = bin_dir / "docker"
@@ -61,6 +91,7 @@ def run(
         "FAKE_CALLS": str(calls),
         "FAKE_COMPOSE_VERSION": version,
         "FAKE_UP_ERROR": up_error,
+        **{f"FAKE_{name.upper()}": value for name, value in knobs.items()},
     }
     done = subprocess.run(
         [str(ROOT / script), *args],
@@ -116,14 +147,15 @@ def test_stop_keeps_the_data(tmp_path: Path) -> None:
     """./stop.sh removes the containers and keeps the volumes."""
     done, calls = run(tmp_path, "stop.sh")
     assert done.returncode == 0
-    assert calls == ["compose down --remove-orphans"]
+    assert calls[-1] == "compose down --remove-orphans"
+    assert not any("--volumes" in call for call in calls)
 
 
 def test_stop_purge_deletes_the_volumes(tmp_path: Path) -> None:
     """./stop.sh --purge removes the volumes too."""
     done, calls = run(tmp_path, "stop.sh", "--purge")
     assert done.returncode == 0
-    assert calls == ["compose down --volumes --remove-orphans"]
+    assert calls[-1] == "compose down --volumes --remove-orphans"
 
 
 def test_stop_rejects_unknown_flags(tmp_path: Path) -> None:
@@ -131,3 +163,83 @@ def test_stop_rejects_unknown_flags(tmp_path: Path) -> None:
     done, calls = run(tmp_path, "stop.sh", "--volumes")
     assert done.returncode == 2
     assert calls == []
+
+
+MISSING_PLUGIN = "Docker Compose v2 (the 'docker compose' plugin) is missing"
+
+
+@pytest.mark.parametrize("script", ["run.sh", "stop.sh"])
+def test_without_the_compose_plugin_both_scripts_say_so(tmp_path: Path, script: str) -> None:
+    """A docker without `compose` gets the same message from run.sh and stop.sh, exit 1."""
+    done, calls = run(tmp_path, script, no_compose="1")
+    assert done.returncode == 1
+    install = "https://docs.docker.com/compose/install/"
+    assert done.stderr.strip() == f"{script}: {MISSING_PLUGIN}: {install}"
+    assert "unknown flag" not in done.stderr
+    started = ("compose down", "compose up", "compose build")
+    assert not any(call.startswith(started) for call in calls)
+
+
+@pytest.mark.parametrize("script", ["run.sh", "stop.sh"])
+def test_both_scripts_refuse_an_old_compose(tmp_path: Path, script: str) -> None:
+    """The version check is shared: stop.sh refuses Compose 2.17 as run.sh does."""
+    done, calls = run(tmp_path, script, version="2.17.0")
+    assert done.returncode == 1
+    assert "2.20 or newer" in done.stderr
+    assert not any(call.startswith("compose down") for call in calls)
+
+
+def test_both_scripts_share_one_preflight() -> None:
+    """run.sh and stop.sh source the same helper instead of each carrying its own checks."""
+    for script in ("run.sh", "stop.sh"):
+        text = (ROOT / script).read_text()
+        assert ". scripts/lib/docker-preflight.sh" in text, script
+        assert f"docker_preflight {script}" in text, script
+        assert "compose version" not in text, script
+
+
+def test_first_run_shows_pull_and_build_progress(tmp_path: Path) -> None:
+    """With an image missing, pull and build run with their output on the terminal."""
+    done, calls = run(tmp_path, "run.sh", missing_images="apache/kafka:4.1.1")
+    assert done.returncode == 0, done.stderr
+    assert calls.index("compose pull --ignore-buildable") < calls.index("compose build")
+    assert "pulling with progress" in done.stdout
+    assert "building with progress" in done.stdout
+
+
+def test_later_runs_build_quietly(tmp_path: Path) -> None:
+    """With every image there, nothing is pulled and the build output stays in the log."""
+    done, calls = run(tmp_path, "run.sh")
+    assert done.returncode == 0, done.stderr
+    assert not any(call.startswith("compose pull") for call in calls)
+    assert "compose build" in calls
+    assert "building with progress" not in done.stdout
+
+
+def test_run_prints_when_the_licence_grace_period_ends(tmp_path: Path) -> None:
+    """Without a licence, run.sh names the date throttling starts (init + 7 days)."""
+    done, _ = run(tmp_path, "run.sh", license="")
+    assert done.returncode == 0, done.stderr
+    assert "grace period ends 2026-12-05 07:40:54 UTC" in done.stdout
+    assert "5 concurrent transactions" in done.stdout
+
+
+def test_run_says_nothing_about_the_licence_when_one_is_set(tmp_path: Path) -> None:
+    """With `enterprise.license` set there is no notice."""
+    done, _ = run(tmp_path, "run.sh", license="crl-0-abc")
+    assert done.returncode == 0, done.stderr
+    assert "licence" not in done.stdout.lower()
+
+
+def test_licence_notice_without_a_recorded_init_time(tmp_path: Path) -> None:
+    """A cluster whose init time was not recorded still gets the notice, without a date."""
+    done, _ = run(tmp_path, "run.sh", license="", init_unknown="1")
+    assert done.returncode == 0, done.stderr
+    assert "7 days after this cluster was initialized" in done.stdout
+
+
+def test_licence_check_failing_does_not_fail_run(tmp_path: Path) -> None:
+    """The notice is advice: a SQL shell that cannot answer leaves run.sh's result alone."""
+    done, _ = run(tmp_path, "run.sh", sql_down="1")
+    assert done.returncode == 0, done.stderr
+    assert "feedsvc is up" in done.stdout
