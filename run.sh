@@ -38,7 +38,8 @@ done < <(docker compose config --images)
 # runs (every image there) build quietly into the log, which is shown on failure.
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "Pulling images and building feedsvc (first run: a few minutes)..."
-    # --ignore-buildable: feedsvc:local is built here, not pulled.
+    # --ignore-buildable (Compose 2.15+, older than the 2.20 we require): feedsvc:local
+    # is built here, not pulled. https://github.com/docker/compose/pull/10134
     docker compose pull --ignore-buildable ||
         die "pulling the images failed (output above); check the network and run ./run.sh again"
     docker compose build || die "building the image failed (output above)"
