@@ -21,6 +21,7 @@ die() {
 # shellcheck source=scripts/lib/docker-preflight.sh
 . scripts/lib/docker-preflight.sh
 docker_preflight run.sh
+docker_engine_preflight run.sh
 
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

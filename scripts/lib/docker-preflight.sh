@@ -33,3 +33,20 @@ docker_preflight() {
         exit 1
     fi
 }
+
+#   docker_engine_preflight NAME   exits 1 unless the engine is Docker Engine 25 or newer
+#
+# For `up` only: compose.yaml's health checks set start_interval, which Engine 25 (API
+# 1.44) introduced; Compose 2.24 to 2.29 refuse the whole file on an older engine
+# ("can't set healthcheck.start_interval as feature require Docker Engine v25 or
+# later", https://github.com/docker/compose/pull/11360). An engine whose version
+# cannot be read (not a number) is let through: Compose will say what it lacks.
+docker_engine_preflight() {
+    local me="$1" engine major
+    engine="$(docker version --format '{{.Server.Version}}' 2>/dev/null)" || engine=""
+    major="${engine%%.*}"
+    if [[ "$major" =~ ^[0-9]+$ ]] && ((major < 25)); then
+        printf '%s: %s\n' "$me" "Docker Engine $engine is too old; 25 or newer is needed: https://docs.docker.com/engine/install/" >&2
+        exit 1
+    fi
+}

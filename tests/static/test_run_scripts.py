@@ -31,6 +31,7 @@ if [ -n "$FAKE_NO_COMPOSE" ] && [ "$1" = compose ]; then
 fi
 case "$*" in
   info) exit 0 ;;
+  "version --format {{.Server.Version}}") echo "${FAKE_ENGINE:-27.3.1}" ;;
   "compose version --short") echo "$FAKE_COMPOSE_VERSION" ;;
   "compose config --images")
     printf '%s\n' cockroachdb/cockroach:v25.4.14 apache/kafka:4.1.1 feedsvc:local ;;
@@ -243,3 +244,26 @@ def test_licence_check_failing_does_not_fail_run(tmp_path: Path) -> None:
     done, _ = run(tmp_path, "run.sh", sql_down="1")
     assert done.returncode == 0, done.stderr
     assert "feedsvc is up" in done.stdout
+
+
+@pytest.mark.parametrize("engine", ["24.0.9", "20.10.24"])
+def test_run_refuses_an_engine_older_than_25(tmp_path: Path, engine: str) -> None:
+    """Health checks use start_interval: an older engine is named before anything starts."""
+    done, calls = run(tmp_path, "run.sh", engine=engine)
+    assert done.returncode == 1
+    assert f"Docker Engine {engine} is too old; 25 or newer is needed" in done.stderr
+    assert not any(call.startswith(("compose build", "compose up")) for call in calls)
+
+
+@pytest.mark.parametrize("engine", ["25.0.0", "28.5.1", "dev", ""])
+def test_run_accepts_engine_25_and_unknown_engines(tmp_path: Path, engine: str) -> None:
+    """Engine 25 and later start; an engine whose version cannot be read is let through."""
+    done, _ = run(tmp_path, "run.sh", engine=engine)
+    assert done.returncode == 0, done.stderr
+
+
+def test_stop_does_not_need_a_recent_engine(tmp_path: Path) -> None:
+    """Stopping works on any engine: ./stop.sh makes no engine version check."""
+    done, calls = run(tmp_path, "stop.sh", engine="24.0.9")
+    assert done.returncode == 0, done.stderr
+    assert calls[-1] == "compose down --remove-orphans"
