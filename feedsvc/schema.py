@@ -249,21 +249,24 @@ def _set_setting(name: str, value: str) -> sql.Composed:
 
 
 def find_changefeed(conn: psycopg.Connection[Any], sink: str) -> ChangefeedJob | None:
-    """The newest changefeed job on `messages` that writes to `sink`, if any."""
+    """The changefeed job on `messages` that writes to `sink`, if any: an unfinished one
+    before any finished one (a newer failed job must not hide a live one), then the newest."""
     # https://www.cockroachlabs.com/docs/v25.4/show-jobs#show-changefeed-jobs
-    row = conn.execute(
+    finished = sql.SQL(", ").join(sql.Literal(s) for s in sorted(FINISHED_STATUSES))
+    query = sql.SQL(
         """
         SELECT job_id, status, high_water_timestamp::STRING
           FROM [SHOW CHANGEFEED JOBS]
          WHERE sink_uri LIKE %s
            AND array_to_string(full_table_names, ',') LIKE '%%.messages'
-         ORDER BY created DESC
+         ORDER BY status IN ({finished}), created DESC
          LIMIT 1
-        """,
-        # Matched on scheme and topic, not the whole URI: SHOW CHANGEFEED JOBS may render
-        # the URI it was given differently (redacted or reordered parameters).
-        (f"kafka://%topic_name={sink.rsplit('topic_name=', 1)[-1]}%",),
-    ).fetchone()
+        """
+    ).format(finished=finished)
+    # Matched on scheme and topic, not the whole URI: SHOW CHANGEFEED JOBS may render
+    # the URI it was given differently (redacted or reordered parameters).
+    topic = sink.rsplit("topic_name=", 1)[-1]
+    row = conn.execute(query, (f"kafka://%topic_name={topic}%",)).fetchone()
     return None if row is None else ChangefeedJob(int(row[0]), str(row[1]), row[2])
 
 

@@ -197,3 +197,12 @@ def test_live_job_is_kept_and_paused_job_resumed() -> None:
     conn = FakeConn(job("paused", hlc(60)), rows=True)
     assert ensure(conn) == []
     assert "RESUME JOB 42" in conn.log
+
+
+def test_an_unfinished_job_is_looked_up_before_newer_finished_ones() -> None:
+    """A newer failed job must not hide a live one, or setup would start a second feed."""
+    conn = FakeConn(job("running"), rows=True)
+    ensure(conn)
+    lookup = next(s for s in conn.log if "SHOW CHANGEFEED JOBS" in s)
+    order = "ORDER BY status IN ('canceled', 'failed', 'revert-failed', 'succeeded'), created DESC"
+    assert order in lookup
