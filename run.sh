@@ -17,34 +17,39 @@ die() {
     exit 1
 }
 
-# --- Docker and Compose v2 are there ------------------------------------------
-command -v docker >/dev/null 2>&1 ||
-    die "Docker is not installed. Install Docker Engine or Docker Desktop: https://docs.docker.com/get-docker/"
-if ! docker info >/dev/null 2>&1; then
-    die "cannot reach the Docker engine; is it running, and may this user use it? 'docker info' says:
-$(docker info 2>&1 | tail -n 5)"
-fi
-version="$(docker compose version --short 2>/dev/null)" ||
-    die "Docker Compose v2 (the 'docker compose' plugin) is missing: https://docs.docker.com/compose/install/"
-version="${version#v}"
-major="${version%%.*}"
-minor="${version#*.}"
-minor="${minor%%.*}"
-# --wait counts a one-shot that another service depends on with
-# service_completed_successfully as done when it exits 0; 2.20 has that.
-if ! [[ "$major" =~ ^[0-9]+$ && "$minor" =~ ^[0-9]+$ ]] ||
-    ((major < 2 || (major == 2 && minor < 20))); then
-    die "Docker Compose $version is too old; 2.20 or newer is needed: https://docs.docker.com/compose/install/"
-fi
+# --- Docker and Compose v2 are there (the same checks as stop.sh) -------------
+# shellcheck source=scripts/lib/docker-preflight.sh
+. scripts/lib/docker-preflight.sh
+docker_preflight run.sh
+docker_engine_preflight run.sh
 
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 
-# --- Build, start, wait -------------------------------------------------------
-echo "Building the feedsvc image (the first build takes a few minutes)..."
-if ! docker compose build >"$log" 2>&1; then
-    tail -n 40 "$log" >&2
-    die "building the image failed (output above)"
+# --- Pull and build -----------------------------------------------------------
+# Images the stack needs that are not on this machine yet (ours, feedsvc:local, is
+# built below). `config --images` lists every service's image.
+missing=()
+while IFS= read -r image; do
+    [ -n "$image" ] || continue
+    docker image inspect "$image" >/dev/null 2>&1 || missing+=("$image")
+done < <(docker compose config --images)
+
+# On a first run the pulls and the build take minutes: show their progress. Later
+# runs (every image there) build quietly into the log, which is shown on failure.
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "Pulling images and building feedsvc (first run: a few minutes)..."
+    # --ignore-buildable (Compose 2.15+, older than the 2.20 we require): feedsvc:local
+    # is built here, not pulled. https://github.com/docker/compose/pull/10134
+    docker compose pull --ignore-buildable ||
+        die "pulling the images failed (output above); check the network and run ./run.sh again"
+    docker compose build || die "building the image failed (output above)"
+else
+    echo "Building the feedsvc image if the code changed..."
+    if ! docker compose build >"$log" 2>&1; then
+        tail -n 40 "$log" >&2
+        die "building the image failed (output above)"
+    fi
 fi
 
 # Lists each container that is not where it should be, with its last log lines.
@@ -102,6 +107,31 @@ console="$(address roach1 8080)"
 sql="$(address roach1 26257)"
 kafka="$(address kafka 9094)"
 bot="$(address bot 8001)"
+
+# --- Licence -------------------------------------------------------------------
+# Without a licence key a multi-node cluster is throttled to 5 concurrent open
+# transactions 7 days after `cockroach init`:
+# https://www.cockroachlabs.com/docs/v25.4/licensing-faqs#throttling
+# cockroach/init-cluster.sh records when it initialized the cluster (in
+# feedsvc.cluster_init); prints nothing when a licence is set.
+sql() { docker compose exec -T roach1 cockroach sql --insecure --format=tsv -e "$1" 2>/dev/null | tail -n +2; }
+licence_notice() {
+    local key until
+    key="$(sql "SHOW CLUSTER SETTING enterprise.license")" || return 0
+    [ -z "$key" ] || return 0
+    # A TIMESTAMP in the session's time zone, UTC unless set otherwise.
+    until="$(sql "SELECT date_trunc('second', initialized_at + INTERVAL '7 days')::TIMESTAMP::STRING FROM feedsvc.cluster_init")" ||
+        until=""
+    echo
+    if [ -n "$until" ]; then
+        echo "No CockroachDB licence is set: the grace period ends ${until} UTC; after that"
+    else
+        echo "No CockroachDB licence is set: 7 days after this cluster was initialized"
+    fi
+    echo "the cluster allows 5 concurrent transactions. Set FEED_COCKROACH_LICENSE in .env,"
+    echo "or reset the dev cluster with ./stop.sh --purge (README, \"CockroachDB licence\")."
+}
+licence_notice
 
 cat <<EOF
 

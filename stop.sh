@@ -11,10 +11,22 @@ usage() {
     echo "  --purge    also delete the data volumes of CockroachDB and Kafka"
 }
 
-command -v docker >/dev/null 2>&1 || {
-    echo "stop.sh: Docker is not installed" >&2
-    exit 1
-}
+case "${1:-}" in
+    "" | --purge) ;;
+    -h | --help)
+        usage
+        exit 0
+        ;;
+    *)
+        usage >&2
+        exit 2
+        ;;
+esac
+
+# Docker, its engine and Compose v2.20+: the same checks and messages as run.sh.
+# shellcheck source=scripts/lib/docker-preflight.sh
+. scripts/lib/docker-preflight.sh
+docker_preflight stop.sh
 
 case "${1:-}" in
     "")
@@ -24,12 +36,5 @@ case "${1:-}" in
     --purge)
         docker compose down --volumes --remove-orphans
         echo "feedsvc stopped and its data deleted; ./run.sh starts a fresh cluster."
-        ;;
-    -h | --help)
-        usage
-        ;;
-    *)
-        usage >&2
-        exit 2
         ;;
 esac

@@ -50,7 +50,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """How long the writer waits to fill a batch when traffic is light."""
 
     db_pool_size: int = 4
-    """Connections per process: an unlicensed cluster allows 5 concurrent transactions."""
+    """Connections per process. compose.yaml sets 2 for the api and 1 per writer, so the stack
+    stays within the 5 concurrent transactions an unlicensed CockroachDB cluster allows."""
 
     history_limit: int = 50
     """Messages `GET /feed` sends before going live when the client names no `limit`."""

@@ -176,7 +176,20 @@ def _setup_database(settings: Settings) -> None:
             return
         schema.configure_cluster(conn, settings.cockroach_license, settings.cockroach_organization)
         sink = schema.changefeed_sink(settings.changefeed_sink, kafka.COMMITTED)
-        log.info("schema ready", extra={"changefeed": schema.ensure_changefeed(conn, sink)})
+
+        def on_gap(marker: schema.FeedRestart) -> None:
+            anyio.from_thread.run(_write_restart_marker, settings, marker)
+
+        changefeed = schema.ensure_changefeed(conn, sink, on_gap)
+        log.info("schema ready", extra={"changefeed": changefeed})
+
+
+async def _write_restart_marker(settings: Settings, marker: schema.FeedRestart) -> None:
+    """Put the gap marker into `messages.committed`, acknowledged, before the new changefeed."""
+    async with kafka.producer(settings) as producer:
+        await producer.send_and_wait(
+            kafka.COMMITTED, schema.encode_restart(marker), key=schema.RESTART_KEY, partition=0
+        )
 
 
 def _wait_for_database(conninfo: str, timeout_s: float = 120) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
+import re
+from collections.abc import Callable
+from typing import Any, Literal
 
 import msgspec
 import psycopg
@@ -100,22 +102,130 @@ class ChangefeedJob(msgspec.Struct, frozen=True):
     high_water_timestamp: str | None
 
 
-# Options: https://www.cockroachlabs.com/docs/stable/create-changefeed#options
+# Options: https://www.cockroachlabs.com/docs/v25.4/create-changefeed#options
 # `updated` puts the commit timestamp in every row; `resolved` emits watermarks;
 # a `resolved` interval under 30 s needs `min_checkpoint_frequency` to match;
-# `initial_scan = 'no'` because history is read from the table, not the topic.
+# `initial_scan = 'no'` because history is read from the table, not the topic;
+# `on_error = 'pause'`: a non-retryable error (a sink refusing records, say) pauses the
+# job instead of failing it for good, and the next setup resumes it from its checkpoint
+# (https://www.cockroachlabs.com/docs/v25.4/create-changefeed#on-error). A paused job keeps
+# its protected timestamp for `changefeed.protect_timestamp.max_age` (4 days by default),
+# after which it fails (https://www.cockroachlabs.com/docs/v25.4/protect-changefeed-data).
 _CHANGEFEED_OPTIONS = (
-    "updated, resolved = '1s', min_checkpoint_frequency = '1s', initial_scan = 'no'"
+    "updated, resolved = '1s', min_checkpoint_frequency = '1s', initial_scan = 'no', "
+    "on_error = 'pause'"
 )
-# Statuses of a job that is, or will again be, emitting without our help.
-# https://www.cockroachlabs.com/docs/stable/show-jobs#job-status
-_LIVE = {"running", "pending", "pause-requested", "resume-requested", "reverting"}
+# Statuses after which a job never emits again; every other one (`retry-running`,
+# `cancel-requested`, `reverting`, ... and any status a later release adds) is a job that
+# may still run, and a second changefeed next to it would write every row twice.
+# https://www.cockroachlabs.com/docs/v25.4/show-jobs#job-status
+FINISHED_STATUSES = frozenset({"failed", "canceled", "succeeded", "revert-failed"})
+# The default `gc.ttlseconds` (4 hours), used when the zone configuration cannot be read.
+# https://www.cockroachlabs.com/docs/v25.4/configure-replication-zones#gc-ttlseconds
+DEFAULT_GC_TTL_S = 14_400
+# A cursor this close to the GC threshold may be collected before the new job reads it.
+GC_MARGIN_S = 600
+
+JobState = Literal["live", "paused", "finished"]
+
+
+def job_state(status: str) -> JobState:
+    """How setup treats a job in `status`: leave it running, resume it, or replace it."""
+    if status == "paused":
+        return "paused"
+    return "finished" if status in FINISHED_STATUSES else "live"
+
+
+class ChangefeedPlan(msgspec.Struct, frozen=True, kw_only=True):
+    """What setup does about the changefeed, and why (the reason is logged).
+
+    Note: `gap` means the new changefeed starts at "now" while rows were committed before
+    it that the topic may not hold: clients holding a feed position must get `reset`.
+    """
+
+    action: Literal["keep", "resume", "create"]
+    reason: str
+    job: ChangefeedJob | None = None
+    cursor: str | None = None
+    gap: bool = False
+
+
+def hlc_seconds(hlc: str) -> float:
+    """The wall-clock part of an HLC timestamp (`"<wall-ns>.<logical>"`), in seconds."""
+    return int(hlc.split(".", 1)[0]) / 1e9
+
+
+def parse_gc_ttl(raw_config_sql: str) -> int:
+    """`gc.ttlseconds` from `SHOW ZONE CONFIGURATION`'s `raw_config_sql`, or the default."""
+    found = re.search(r"gc\.ttlseconds\s*=\s*(\d+)", raw_config_sql)
+    return int(found.group(1)) if found else DEFAULT_GC_TTL_S
+
+
+def plan_changefeed(
+    job: ChangefeedJob | None, *, table_has_rows: bool, now_hlc: str, gc_ttl_s: int
+) -> ChangefeedPlan:
+    """Decide between keeping, resuming, and creating the changefeed; pure.
+
+    Note: a finished job is replaced from its high-water mark when that is still inside
+    the GC window (no row is skipped; the relay drops the repeats). Otherwise the new job
+    starts now, and if the table already had rows that is a gap (`gap=True`): also when no
+    job is visible at all, since `SHOW CHANGEFEED JOBS` lists finished jobs for 12 hours
+    only (https://www.cockroachlabs.com/docs/v25.4/show-jobs#show-changefeed-jobs).
+    """
+    if job is not None:
+        state = job_state(job.status)
+        if state == "live":
+            return ChangefeedPlan(action="keep", job=job, reason=f"job is {job.status}")
+        if state == "paused":
+            return ChangefeedPlan(action="resume", job=job, reason="job is paused")
+        if job.high_water_timestamp:
+            age = hlc_seconds(now_hlc) - hlc_seconds(job.high_water_timestamp)
+            if age < gc_ttl_s - min(GC_MARGIN_S, gc_ttl_s // 4):
+                return ChangefeedPlan(
+                    action="create",
+                    job=job,
+                    cursor=job.high_water_timestamp,
+                    reason=f"job is {job.status}; restarting from its high-water mark "
+                    f"({age:.0f} s old, GC window {gc_ttl_s} s)",
+                )
+            why = f"job is {job.status} and its high-water mark is {age:.0f} s old, "
+            why += f"past the GC window of {gc_ttl_s} s"
+        else:
+            why = f"job is {job.status} and never reached a high-water mark"
+    else:
+        why = "no changefeed job is visible (finished jobs are listed for 12 hours only)"
+    if table_has_rows:
+        return ChangefeedPlan(action="create", job=job, gap=True, reason=why)
+    return ChangefeedPlan(action="create", job=job, reason=why + "; the table is empty")
+
+
+class FeedRestart(msgspec.Struct, frozen=True, kw_only=True):
+    """The marker setup writes into `messages.committed` before a changefeed that has a gap.
+
+    Note: the relay must treat its offset as a boundary: a client whose position is below
+    it, or who is live when it arrives, gets `reset` (history from scratch), never a
+    silent gap. Key `RESTART_KEY`; no changefeed record has that key.
+    """
+
+    reason: str
+    previous_job: int | None
+    previous_high_water: str | None
+    at: str
+    """The cluster's HLC when the gap was detected; the new changefeed starts after it."""
+
+
+RESTART_KEY = b"feedsvc-feed-restart"
+
+
+def encode_restart(marker: FeedRestart) -> bytes:
+    """The marker's record value: `{"feed_restart": {...}}` (not a changefeed envelope)."""
+    return msgspec.json.encode({"feed_restart": marker})
 
 
 def changefeed_sink(kafka_bootstrap: str, topic: str) -> str:
     """The sink URI of our changefeed: one fixed topic instead of one per table.
 
-    https://www.cockroachlabs.com/docs/stable/changefeed-sinks#kafka
+    https://www.cockroachlabs.com/docs/v25.4/changefeed-sinks#kafka
     """
     first_broker = kafka_bootstrap.split(",")[0]
     return f"kafka://{first_broker}?topic_name={topic}"
@@ -139,48 +249,94 @@ def _set_setting(name: str, value: str) -> sql.Composed:
 
 
 def find_changefeed(conn: psycopg.Connection[Any], sink: str) -> ChangefeedJob | None:
-    """The newest changefeed job on `messages` that writes to `sink`, if any."""
-    # https://www.cockroachlabs.com/docs/stable/show-jobs#show-changefeed-jobs
-    row = conn.execute(
+    """The changefeed job on `messages` that writes to `sink`, if any: an unfinished one
+    before any finished one (a newer failed job must not hide a live one), then the newest."""
+    # https://www.cockroachlabs.com/docs/v25.4/show-jobs#show-changefeed-jobs
+    finished = sql.SQL(", ").join(sql.Literal(s) for s in sorted(FINISHED_STATUSES))
+    query = sql.SQL(
         """
         SELECT job_id, status, high_water_timestamp::STRING
           FROM [SHOW CHANGEFEED JOBS]
          WHERE sink_uri LIKE %s
            AND array_to_string(full_table_names, ',') LIKE '%%.messages'
-         ORDER BY created DESC
+         ORDER BY status IN ({finished}), created DESC
          LIMIT 1
-        """,
-        # Matched on scheme and topic, not the whole URI: SHOW CHANGEFEED JOBS may render
-        # the URI it was given differently (redacted or reordered parameters).
-        (f"kafka://%topic_name={sink.rsplit('topic_name=', 1)[-1]}%",),
-    ).fetchone()
+        """
+    ).format(finished=finished)
+    # Matched on scheme and topic, not the whole URI: SHOW CHANGEFEED JOBS may render
+    # the URI it was given differently (redacted or reordered parameters).
+    topic = sink.rsplit("topic_name=", 1)[-1]
+    row = conn.execute(query, (f"kafka://%topic_name={topic}%",)).fetchone()
     return None if row is None else ChangefeedJob(int(row[0]), str(row[1]), row[2])
 
 
-def ensure_changefeed(conn: psycopg.Connection[Any], sink: str) -> str:
+def _gc_ttl(conn: psycopg.Connection[Any]) -> int:
+    # https://www.cockroachlabs.com/docs/v25.4/show-zone-configurations
+    row = conn.execute("SHOW ZONE CONFIGURATION FROM TABLE messages").fetchone()
+    return parse_gc_ttl(str(row[1])) if row else DEFAULT_GC_TTL_S
+
+
+def _now_hlc(conn: psycopg.Connection[Any]) -> str:
+    # https://www.cockroachlabs.com/docs/v25.4/functions-and-operators#system-info-functions
+    row = conn.execute("SELECT cluster_logical_timestamp()::STRING").fetchone()
+    return str(row[0]) if row else "0.0000000000"
+
+
+def ensure_changefeed(
+    conn: psycopg.Connection[Any], sink: str, on_gap: Callable[[FeedRestart], None]
+) -> str:
     """Make sure exactly one live changefeed feeds `sink`; returns what it did.
 
-    Note: there is no CREATE CHANGEFEED IF NOT EXISTS, so we look first. A paused
-    job is resumed; a failed one is recreated from its high-water timestamp so no
-    committed row is skipped (the feed's relay drops the repeats).
+    Note: there is no CREATE CHANGEFEED IF NOT EXISTS, so we look first (`plan_changefeed`).
+    Before a changefeed that leaves a gap is created, `on_gap` gets the marker to write
+    into the topic, so every record of the new job follows it; when it raises, nothing
+    is created and setup fails.
     """
     job = find_changefeed(conn, sink)
-    if job is not None and job.status in _LIVE:
-        return f"changefeed {job.job_id} is {job.status}"
-    if job is not None and job.status == "paused":
-        # https://www.cockroachlabs.com/docs/stable/resume-job
-        conn.execute(sql.SQL("RESUME JOB {}").format(sql.Literal(job.job_id)))
-        return f"changefeed {job.job_id} resumed"
+    has_rows = conn.execute("SELECT EXISTS (SELECT 1 FROM messages)").fetchone()
+    now = _now_hlc(conn)
+    plan = plan_changefeed(
+        job, table_has_rows=bool(has_rows and has_rows[0]), now_hlc=now, gc_ttl_s=_gc_ttl(conn)
+    )
+    if plan.action == "keep" and plan.job is not None:
+        return f"changefeed {plan.job.job_id} kept: {plan.reason}"
+    if plan.action == "resume" and plan.job is not None:
+        # https://www.cockroachlabs.com/docs/v25.4/resume-job
+        conn.execute(sql.SQL("RESUME JOB {}").format(sql.Literal(plan.job.job_id)))
+        return f"changefeed {plan.job.job_id} resumed"
     statement = sql.SQL("CREATE CHANGEFEED FOR TABLE messages INTO {} WITH {}").format(
         sql.Literal(sink), sql.SQL(_CHANGEFEED_OPTIONS)
     )
-    if job is not None and job.status == "failed" and job.high_water_timestamp:
-        # https://www.cockroachlabs.com/docs/stable/create-changefeed#start-a-new-changefeed-where-another-ended
-        statement = sql.SQL("{}, cursor = {}").format(
-            statement, sql.Literal(job.high_water_timestamp)
+    if plan.cursor:
+        # https://www.cockroachlabs.com/docs/v25.4/create-changefeed#start-a-new-changefeed-where-another-ended
+        try:
+            row = conn.execute(
+                sql.SQL("{}, cursor = {}").format(statement, sql.Literal(plan.cursor))
+            ).fetchone()
+            return f"changefeed {row[0] if row else '?'} created: {plan.reason}"
+        except psycopg.Error as exc:
+            # The cursor is refused once it is older than the GC threshold, which can be
+            # reached earlier than gc.ttlseconds predicts; start afresh then.
+            # https://www.cockroachlabs.com/docs/v25.4/create-changefeed#cursor
+            plan = ChangefeedPlan(
+                action="create",
+                job=plan.job,
+                gap=True,
+                reason=f"creating from the high-water mark failed: {str(exc).strip()}",
+            )
+    if plan.gap:
+        log.error(
+            "CHANGEFEED RESTARTED WITH A GAP: rows committed while no changefeed ran are not "
+            "in the feed; clients holding a feed position will be told to reset",
+            extra={"reason": plan.reason, "previous_job": plan.job.job_id if plan.job else None},
+        )
+        on_gap(
+            FeedRestart(
+                reason=plan.reason,
+                previous_job=plan.job.job_id if plan.job else None,
+                previous_high_water=plan.job.high_water_timestamp if plan.job else None,
+                at=now,
+            )
         )
     row = conn.execute(statement).fetchone()
-    created = row[0] if row else "?"
-    return f"changefeed {created} created" + (
-        f" from cursor of failed job {job.job_id}" if job else ""
-    )
+    return f"changefeed {row[0] if row else '?'} created: {plan.reason}"

@@ -264,3 +264,139 @@ def test_env_example_names_only_variables_compose_reads(load: Any) -> None:
         assert re.search(r"\$\{" + name + r"\b", text), name
     api = load(env_file=ROOT / ".env.example", FEEDSVC_API_PORT="18000")["services"]["api"]
     assert api["ports"][0]["published"] == "18000"
+
+
+# --- Hardening (issue 11): memory, health probes, disk, volumes, transactions ---
+
+# The VOLUMEs each external image declares; a path not mounted here would get a new
+# anonymous volume per container, left behind by every ./stop.sh.
+# https://github.com/apache/kafka/blob/trunk/docker/jvm/Dockerfile
+# https://github.com/cockroachdb/cockroach/blob/master/build/deploy/Dockerfile (none)
+IMAGE_VOLUMES = {
+    "apache/kafka": ("/etc/kafka/secrets", "/var/lib/kafka/data", "/mnt/shared/config"),
+    "cockroachdb/cockroach": (),
+}
+# Concurrent open transactions an unlicensed multi-node cluster allows once its grace
+# period is over; https://www.cockroachlabs.com/docs/v25.4/licensing-faqs#throttling
+THROTTLED_TRANSACTIONS = 5
+SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2}
+SIZE_UNITS |= {"g": 1024**3, "gib": 1024**3}
+
+
+def size(text: str) -> int:
+    """Bytes in `256MiB`, `1g`, `-Xmx512m` style sizes."""
+    found = re.fullmatch(r"(\d+)([a-zA-Z]*)", text)
+    assert found, text
+    return int(found.group(1)) * SIZE_UNITS[found.group(2).lower()]
+
+
+def configs(load: Any) -> list[Config]:
+    """The stack as a fresh clone loads it, with .env.example, and with the test profile."""
+    return [load(), load(env_file=ROOT / ".env.example"), load(profile="test")]
+
+
+def test_every_service_has_a_memory_limit_and_no_swap(load: Any) -> None:
+    """A service that outgrows its share is stopped clearly instead of swapping the host."""
+    for config in configs(load):
+        for name, service in config["services"].items():
+            limit = int(service.get("mem_limit") or 0)
+            assert limit > 0, name
+            assert int(service.get("memswap_limit") or 0) == limit, name
+
+
+def test_node_caches_fit_three_quarters_of_the_node_limit(load: Any) -> None:
+    """--cache + --max-sql-memory + --max-tsdb-memory stay within 75% of a node's memory."""
+    for config in configs(load):
+        for name in ROACHES:
+            service = config["services"][name]
+            args = service["command"]
+            used = sum(size(flag(args, f)) for f in ("--cache", "--max-sql-memory"))
+            used += size(flag(args, "--max-tsdb-memory"))
+            assert used <= 0.75 * int(service["mem_limit"]), name
+
+
+def test_kafka_heap_fits_its_limit(load: Any) -> None:
+    """The broker's heap leaves a quarter of its limit to the JVM's own memory."""
+    for config in configs(load):
+        kafka = config["services"]["kafka"]
+        heap = re.search(r"-Xmx(\w+)", kafka["environment"]["KAFKA_HEAP_OPTS"])
+        assert heap
+        assert size(heap.group(1)) <= 0.75 * int(kafka["mem_limit"])
+
+
+def test_kafka_healthcheck_starts_a_small_jvm(services: dict[str, Any]) -> None:
+    """The check's JVM gets its own small heap instead of inheriting the broker's 512 MiB."""
+    test = services["kafka"]["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "env"]
+    heap = [t for t in test if t.startswith("KAFKA_HEAP_OPTS=")]
+    assert len(heap) == 1
+    xmx = re.search(r"-Xmx(\w+)", heap[0])
+    xms = re.search(r"-Xms(\w+)", heap[0])
+    assert xmx and xms
+    assert size(xmx.group(1)) <= 128 * 1024**2 and size(xms.group(1)) <= size(xmx.group(1))
+    assert test.index(heap[0]) < test.index("/opt/kafka/bin/kafka-topics.sh")
+
+
+def test_healthchecks_probe_every_second_while_starting(load: Any) -> None:
+    """start_interval (Engine 25+) lets `up --wait` see a ready service within a second."""
+    for name, service in load(profile="test")["services"].items():
+        check = service.get("healthcheck")
+        if not check:
+            continue
+        assert seconds(check.get("start_interval", "0s")) == 1, name
+        assert seconds(check.get("start_period", "0s")) > 0, name
+
+
+def test_nodes_start_without_a_ballast_file_in_their_data_volume(services: dict[str, Any]) -> None:
+    """Each node's store is its data volume, with the emergency ballast off (ballast-size=0)."""
+    for name in ROACHES:
+        store = dict(
+            part.split("=", 1) for part in flag(services[name]["command"], "--store").split(",")
+        )
+        assert store["ballast-size"] == "0", name
+        targets = [v["target"] for v in services[name]["volumes"] if v["type"] == "volume"]
+        assert store["path"] in targets, name
+
+
+def test_every_image_volume_is_a_named_volume(load: Any) -> None:
+    """Each VOLUME an image declares is mounted from a named volume, so none is anonymous."""
+    for name, service in load(profile="test")["services"].items():
+        repository = service["image"].rsplit(":", 1)[0]
+        mounted = {v["target"]: v for v in service.get("volumes", [])}
+        for path in IMAGE_VOLUMES.get(repository, ()):
+            assert path in mounted, (name, path)
+            assert mounted[path]["type"] == "volume" and mounted[path]["source"], (name, path)
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert not re.search(r"^\s*VOLUME\b", dockerfile, flags=re.MULTILINE)
+
+
+def test_external_images_have_known_volumes(load: Any) -> None:
+    """A new external image needs its VOLUMEs listed above, or this file cannot vouch for it."""
+    for name, service in load(profile="test")["services"].items():
+        if "build" not in service:
+            assert service["image"].rsplit(":", 1)[0] in IMAGE_VOLUMES, name
+
+
+def test_pools_fit_the_unlicensed_transaction_limit(load: Any) -> None:
+    """api pool + writers x writer pool stays below 5, leaving one for `cockroach sql`."""
+    for config in (load(), load(env_file=ROOT / ".env.example")):
+        services = config["services"]
+        api = int(services["api"]["environment"]["FEED_DB_POOL_SIZE"])
+        writer = int(services["writer"]["environment"]["FEED_DB_POOL_SIZE"])
+        writers = int(services["writer"].get("deploy", {}).get("replicas", 1))
+        assert api >= 1 and writer >= 1
+        assert api + writers * writer <= THROTTLED_TRANSACTIONS - 1, (api, writers, writer)
+
+
+def test_readme_memory_table_matches_the_limits(services: dict[str, Any]) -> None:
+    """README's memory section lists each service's limit as compose sets it."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Memory and scaling writers", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| `([a-z0-9-]+)`[^|]*\| ([0-9.]+ [MG]iB) \|", section, re.M))
+    assert rows, "no memory table in README"
+    for name in services:
+        assert ("roach1" if name in ROACHES else name) in rows, name
+    for name, text in rows.items():
+        number, unit = text.split()
+        expected = float(number) * (1024**3 if unit == "GiB" else 1024**2)
+        assert int(services[name]["mem_limit"]) == expected, name

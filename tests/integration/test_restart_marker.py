@@ -1,0 +1,49 @@
+"""Setup's gap marker, written to a real broker: where the relay will find it, skipped today.
+
+When setup has to start a fresh changefeed on a table that already had rows, it first
+writes a restart marker into `messages.committed` (feedsvc.roles._write_restart_marker,
+called from schema.ensure_changefeed). The relay must turn its offset into `reset` for
+older positions; until it does, the marker must at least not break the feed.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from local_stack import KafkaBroker
+
+from feedsvc import kafka as feed_kafka
+from feedsvc import roles, schema
+from feedsvc.config import load_settings
+from feedsvc.relay.changefeed import ChangefeedDecodeError, decode_record
+from tests.support import native_only
+
+pytestmark = [pytest.mark.stack, native_only]
+
+
+async def test_marker_lands_in_the_committed_partition(kafka: KafkaBroker) -> None:
+    """The marker is one acknowledged record in partition 0 with the marker key."""
+    settings = load_settings({"FEED_KAFKA_BOOTSTRAP": kafka.bootstrap})
+    async with feed_kafka.admin(settings) as admin:
+        await feed_kafka.ensure_topics(admin, settings)
+    marker = schema.FeedRestart(
+        reason="integration test", previous_job=7, previous_high_water=None, at="5.0000000000"
+    )
+    await roles._write_restart_marker(settings, marker)
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partition = TopicPartition(feed_kafka.COMMITTED, 0)
+        consumer.assign([partition])
+        await consumer.seek_to_beginning(partition)
+        batch = await consumer.getmany(partition, timeout_ms=10_000)
+    finally:
+        await consumer.stop()
+    records = batch.get(partition, [])
+    assert [r.key for r in records] == [schema.RESTART_KEY]
+    value = msgspec.json.decode(records[0].value)
+    assert value == {"feed_restart": msgspec.to_builtins(marker)}
+    with pytest.raises(ChangefeedDecodeError):
+        decode_record(records[0].key, records[0].value)
