@@ -134,15 +134,7 @@ async def writer(settings: Settings) -> None:
     async with (
         open_pool(settings, "writer") as pool,
         kafka.producer(settings) as dlq,
-        kafka.consumer(
-            settings,
-            kafka.SUBMITTED,
-            group_id=kafka.WRITER_GROUP,
-            # No silent jump: a new group's first read and an expired or recreated
-            # position reach the writer as errors, which it handles and reports.
-            auto_offset_reset="none",
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-        ) as consumer,
+        kafka.writer_consumer(settings) as consumer,
         anyio.create_task_group() as tasks,
     ):
         tasks.start_soon(_stop_on_signal, stopping)
