@@ -40,7 +40,7 @@ async def insert_isolating(
         chunk = pending.pop()
         try:
             await until_done(
-                partial(store.insert, chunk), _retriable, stopping, f"insert of {len(chunk)} rows"
+                partial(store.insert, chunk), _retriable, stopping, "insert", rows=len(chunk)
             )
         except Exception as exc:
             if not is_refusal(exc):

@@ -25,13 +25,15 @@ async def until_done(
     stopping: anyio.Event,
     what: str,
     timeout_s: float | None = None,
+    **context: object,
 ) -> T:
     """Call `attempt` until it succeeds, backing off (0.05 s doubling to 2 s) between tries.
 
     Note: an error that is not retriable is raised at once. Once `stopping` is set the
     outage gets about 1.5 s more, then `BatchAbandoned` is raised: the caller leaves
     its batch uncommitted, so whoever owns the partitions next handles it; nothing is
-    skipped. `timeout_s` bounds each attempt (a send to a down broker waits forever).
+    skipped. `timeout_s` bounds each attempt (a send to a down broker waits forever);
+    `context` is logged with each retry.
     """
     delay = FIRST_DELAY_S
     while True:
