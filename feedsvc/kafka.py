@@ -132,14 +132,20 @@ def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
     """The topic-level configs setup gives each topic it creates.
 
     Note: `min.insync.replicas` is how many replicas must have a record before an
-    `acks=all` send succeeds; `retention.ms` how long the broker keeps records
-    (https://kafka.apache.org/41/configuration/topic-configs). `messages.submitted`
-    gets its retention explicitly: it bounds how long a writer outage may last
-    before accepted posts are deleted unstored.
+    `acks=all` send succeeds; `retention.ms` and `retention.bytes` how long and how
+    much the broker keeps (https://kafka.apache.org/41/configuration/topic-configs).
+    `messages.submitted` gets its retention explicitly: it bounds how long a writer
+    outage may last before accepted posts are deleted unstored.
     """
     durable = {"min.insync.replicas": str(settings.topic_min_insync_replicas)}
+    kept = {
+        "retention.ms": str(settings.submitted_retention_ms),
+        # No size limit either, whatever the broker's default: the api's backlog check
+        # (FEED_MAX_BACKLOG) is what bounds how much waits here.
+        "retention.bytes": "-1",
+    }
     return {
-        SUBMITTED: {**durable, "retention.ms": str(settings.submitted_retention_ms)},
+        SUBMITTED: {**durable, **kept},
         COMMITTED: durable,
         DLQ: durable,
     }

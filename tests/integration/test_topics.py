@@ -68,6 +68,7 @@ async def test_topics_are_created_with_the_configured_configs(
     assert sorted(await ensure_topics(client, wanted)) == sorted(TOPICS)
     configs = await configs_of(client, TOPICS)
     assert configs[SUBMITTED]["retention.ms"] == "3600000"
+    assert configs[SUBMITTED]["retention.bytes"] == "-1"
     assert {configs[t]["min.insync.replicas"] for t in TOPICS} == {"1"}
     assert await replication_factors(client, TOPICS) == dict.fromkeys(TOPICS, 1)
     described = {t["topic"]: len(t["partitions"]) for t in await client.describe_topics(TOPICS)}
