@@ -35,7 +35,10 @@ class Cursor(msgspec.Struct, frozen=True, array_like=True):
 def is_transient(exc: BaseException) -> bool:
     """Whether retrying the same statement later can succeed."""
     if isinstance(exc, psycopg.OperationalError | psycopg.errors.ConnectionTimeout):
-        return True  # the connection was lost or could not be made
+        # The connection was lost or could not be made; but psycopg files class 54 (a
+        # statement over a limit, e.g. an index row too large) here too, and that
+        # statement fails the same way every time.
+        return (exc.sqlstate or "")[:2] != "54"
     return isinstance(exc, psycopg.Error) and exc.sqlstate in TRANSIENT_SQLSTATES
 
 

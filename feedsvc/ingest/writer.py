@@ -142,7 +142,7 @@ class Writer:
 
     async def run(self, stopping: anyio.Event) -> None:
         """Consume until `stopping` is set; the batch in hand is finished first."""
-        last_report, reported = time.monotonic(), 0
+        last_report, reported = time.monotonic(), (0, 0)
         while not stopping.is_set():
             try:
                 fetched = await self.source.getmany(
@@ -164,18 +164,18 @@ class Writer:
                         extra={"rows": len(records), "during": exc.args[0]},
                     )
                     return
-            if time.monotonic() - last_report >= 5 and self.stored != reported:
+            if time.monotonic() - last_report >= 5 and (self.stored, self.dead) != reported:
                 log.info(
                     "writer progress",
                     extra={
                         "stored_total": self.stored,
                         "dead_total": self.dead,
                         "stored_per_s": round(
-                            (self.stored - reported) / (time.monotonic() - last_report)
+                            (self.stored - reported[0]) / (time.monotonic() - last_report)
                         ),
                     },
                 )
-                last_report, reported = time.monotonic(), self.stored
+                last_report, reported = time.monotonic(), (self.stored, self.dead)
 
     async def handle(self, records: Sequence[Record], stopping: anyio.Event) -> None:
         """decode → insert (refused rows isolated) → dead letters → commit, in that order."""
