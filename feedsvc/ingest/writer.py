@@ -4,45 +4,24 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import anyio
-import msgspec
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
+from feedsvc.ingest.batch import Record, decode_batch, letter
 from feedsvc.ingest.deadletters import DeadLetters
 from feedsvc.ingest.isolation import Store, insert_isolating
 from feedsvc.ingest.retry import BatchAbandoned, until_done
-from feedsvc.messages import MAX_BODY_BYTES, DeadLetter, Message, dead_letter, decode_message
 from feedsvc.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-MAX_RECORD_BYTES = 2 * MAX_BODY_BYTES
-"""No record the api produces comes near this: its message is a body of at most 4 KiB."""
-
 STORED_TOTAL = "feedsvc_writer_stored_total"
 OUT_OF_RANGE_TOTAL = "feedsvc_writer_offsets_out_of_range_total"
 EXPIRED_TOTAL = "feedsvc_writer_records_expired_total"
-
-
-class Record(Protocol):
-    """The fields of a consumed Kafka record the writer reads (aiokafka's `ConsumerRecord`)."""
-
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-    @property
-    def key(self) -> bytes | None: ...
-    @property
-    def value(self) -> bytes | None: ...
 
 
 class Source(Protocol):
@@ -63,45 +42,6 @@ class Source(Protocol):
     async def beginning_offsets(self, partitions: list[Any]) -> dict[Any, int]:
         """The earliest retained offset of each partition."""
         ...
-
-
-@dataclass
-class Decoded:
-    """A batch split into what to insert and what cannot be a message."""
-
-    messages: list[Message] = field(default_factory=list)
-    """The first message of each id, in record order."""
-    records: dict[uuid.UUID, list[Record]] = field(default_factory=dict)
-    """Every record of each id: a retried Idempotency-Key puts one id in several."""
-    dead: list[DeadLetter] = field(default_factory=list)
-
-
-def decode_batch(records: Sequence[Record]) -> Decoded:
-    """Split fetched records into messages (first of each id) and dead letters."""
-    batch = Decoded()
-    for record in records:
-        value = record.value or b""
-        try:
-            if len(value) > MAX_RECORD_BYTES:
-                raise ValueError(
-                    f"record is {len(value)} bytes; a submitted message is at most "
-                    f"{MAX_RECORD_BYTES}"
-                )
-            message = decode_message(value)
-        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-            batch.dead.append(_letter(record, "decode", str(exc)))
-            continue
-        same_id = batch.records.setdefault(message.id, [])
-        if not same_id:
-            batch.messages.append(message)
-        same_id.append(record)
-    return batch
-
-
-def _letter(record: Record, stage: Literal["decode", "insert"], reason: str) -> DeadLetter:
-    return dead_letter(
-        record.topic, record.partition, record.offset, record.key, record.value, stage, reason
-    )
 
 
 class Writer:
@@ -184,9 +124,9 @@ class Writer:
         dead = list(batch.dead)
         for message, exc in refused:
             first, *repeats = batch.records[message.id]
-            dead.append(_letter(first, "insert", f"the database refused it: {exc!r}"))
+            dead.append(letter(first, "insert", f"the database refused it: {exc!r}"))
             dead += [
-                _letter(r, "insert", f"same id as offset {first.offset}, which was refused")
+                letter(r, "insert", f"same id as offset {first.offset}, which was refused")
                 for r in repeats
             ]
         dead.sort(key=lambda d: (d.partition, d.offset))
