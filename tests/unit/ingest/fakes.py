@@ -14,7 +14,7 @@ import msgspec
 import psycopg
 from aiokafka import TopicPartition
 
-from feedsvc.messages import DeadLetter, Message, Submission, encode, new_message
+from feedsvc.messages import DeadLetter, Message, Submission, new_message
 
 TOPIC = "messages.submitted"
 
@@ -128,7 +128,3 @@ class FakeSource:
 
     async def beginning_offsets(self, partitions: list[Any]) -> dict[Any, int]:
         return dict.fromkeys(partitions, self.earliest)
-
-
-def encoded(m: Message) -> bytes:
-    return encode(m)
