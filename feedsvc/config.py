@@ -43,6 +43,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     submitted_partitions: int = 6
     """Partitions of `messages.submitted`: the most writers that can share the work."""
 
+    topic_replication_factor: int = 1
+    """Copies of each partition of the topics setup creates: 1 for one broker, 3 for three."""
+
+    topic_min_insync_replicas: int = 1
+    """Copies a record must reach before Kafka acknowledges it (acks=all): 1 of 1, or 2 of 3."""
+
+    submitted_retention_ms: int = 604_800_000
+    """How long `messages.submitted` keeps records (7 days): the longest writer outage that
+    loses no accepted post. -1 keeps them forever."""
+
     writer_batch: int = 500
     """Rows per INSERT: CockroachDB advises 100-1000 rows per multi-row statement."""
 
@@ -104,6 +114,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         ):
             if getattr(self, name) < (0 if name == "port" else 1):
                 raise ValueError(f"{PREFIX}{name.upper()} must be positive")
+        if self.topic_replication_factor < 1 or self.topic_min_insync_replicas < 1:
+            raise ValueError(
+                f"{PREFIX}TOPIC_REPLICATION_FACTOR and {PREFIX}TOPIC_MIN_INSYNC_REPLICAS "
+                "must be positive"
+            )
+        if self.topic_min_insync_replicas > self.topic_replication_factor:
+            # Kafka creates such topics, then refuses every acks=all send (NotEnoughReplicas):
+            # https://cwiki.apache.org/confluence/display/KAFKA/KIP-579%3A+new+exception+on+min.insync.replicas+%3E+replication.factor
+            raise ValueError(
+                f"{PREFIX}TOPIC_MIN_INSYNC_REPLICAS={self.topic_min_insync_replicas} is above "
+                f"{PREFIX}TOPIC_REPLICATION_FACTOR={self.topic_replication_factor}: "
+                "no send could ever be acknowledged"
+            )
+        if self.submitted_retention_ms < 1 and self.submitted_retention_ms != -1:
+            raise ValueError(f"{PREFIX}SUBMITTED_RETENTION_MS must be positive, or -1 (forever)")
         for name in ("backlog_refresh_s", "kafka_timeout_s", "heartbeat_s", "shutdown_grace_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{PREFIX}{name.upper()} must be above zero")

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 import anyio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
     CoordinatorLoadInProgressError,
     GroupCoordinatorNotAvailableError,
@@ -108,20 +108,128 @@ async def consumer(
         await client.stop()
 
 
+def writer_consumer(settings: Settings) -> AbstractAsyncContextManager[AIOKafkaConsumer]:
+    """The writer group's consumer of `messages.submitted`.
+
+    Note: `auto_offset_reset="none"`, because both automatic resets are silent: a
+    position that retention deleted under a lagging writer would jump to the
+    earliest (or latest) record without a word. The writer handles a new group's
+    first read and an out-of-range position itself, and reports the latter
+    (ingest/writer.py). https://kafka.apache.org/41/configuration/consumer-configs
+    """
+    return consumer(
+        settings,
+        SUBMITTED,
+        group_id=WRITER_GROUP,
+        auto_offset_reset="none",
+        # Above the broker's largest record (message.max.bytes, 1 MiB by default), so
+        # even a record that is no message can be fetched and dead-lettered.
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+
+
+def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
+    """The topic-level configs setup gives each topic it creates.
+
+    Note: `min.insync.replicas` is how many replicas must have a record before an
+    `acks=all` send succeeds; `retention.ms` and `retention.bytes` how long and how
+    much the broker keeps (https://kafka.apache.org/41/configuration/topic-configs).
+    `messages.submitted` gets its retention explicitly: it bounds how long a writer
+    outage may last before accepted posts are deleted unstored.
+    """
+    durable = {"min.insync.replicas": str(settings.topic_min_insync_replicas)}
+    kept = {
+        "retention.ms": str(settings.submitted_retention_ms),
+        # No size limit either, whatever the broker's default: the api's backlog check
+        # (FEED_MAX_BACKLOG) is what bounds how much waits here.
+        "retention.bytes": "-1",
+    }
+    return {
+        SUBMITTED: {**durable, **kept},
+        COMMITTED: durable,
+        DLQ: durable,
+    }
+
+
 async def ensure_topics(client: AIOKafkaAdminClient, settings: Settings) -> list[str]:
-    """Create the topics that are missing; returns the names it created."""
+    """Create the topics that are missing, with their configs; returns the names it created.
+
+    Note: an existing topic is left as it is (its replication factor cannot change in
+    place); a config of it that differs from the settings is logged as a warning.
+    """
     existing = set(await client.list_topics())
+    configs = topic_configs(settings)
     wanted = [
-        NewTopic(name, num_partitions=count, replication_factor=1)
+        NewTopic(
+            name,
+            num_partitions=count,
+            replication_factor=settings.topic_replication_factor,
+            topic_configs=configs[name],
+        )
         for name, count in topic_partitions(settings).items()
         if name not in existing
     ]
-    if not wanted:
-        return []
-    # Another setup may race us to it; the topic is there, which is all we need.
-    with contextlib.suppress(TopicAlreadyExistsError):
-        await client.create_topics(wanted)
+    if wanted:
+        response = await client.create_topics(wanted)
+        for name, code, detail in response.topic_errors:
+            # Another setup may race us to it; the topic is there, which is all we need.
+            if code not in (0, TopicAlreadyExistsError.errno):
+                raise KafkaError(f"cannot create topic {name}: {detail} (error {code})")
+    await _warn_on_drift(client, settings, [n for n in configs if n in existing])
     return [t.name for t in wanted]
+
+
+async def describe_topic_configs(
+    client: AIOKafkaAdminClient, names: list[str]
+) -> dict[str, dict[str, str]]:
+    """The current value of every config of each named topic."""
+    if not names:
+        return {}
+    resources = [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
+    found: dict[str, dict[str, str]] = {}
+    for response in await client.describe_configs(resources):
+        for code, detail, _type, name, entries, *_ in response.resources:
+            if code:
+                raise KafkaError(f"cannot describe topic {name}: {detail} (error {code})")
+            found[name] = {entry[0]: entry[1] for entry in entries}
+    return found
+
+
+async def replication_factors(client: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+    """Each named topic's replication factor (the fewest replicas of any of its partitions)."""
+    described = await client.describe_topics(names)
+    return {
+        t["topic"]: min((len(p["replicas"]) for p in t["partitions"]), default=0) for t in described
+    }
+
+
+async def _warn_on_drift(client: AIOKafkaAdminClient, settings: Settings, names: list[str]) -> None:
+    if not names:
+        return
+    wanted = topic_configs(settings)
+    try:
+        current = await describe_topic_configs(client, names)
+        factors = await replication_factors(client, names)
+    except KafkaError as exc:  # only a check: the topics are there
+        log.warning("cannot compare the topics with the settings", extra={"error": repr(exc)})
+        return
+    for name in names:
+        drift = {
+            key: {"topic": current[name].get(key), "settings": value}
+            for key, value in wanted[name].items()
+            if current[name].get(key) != value
+        }
+        if factors.get(name) != settings.topic_replication_factor:
+            drift["replication factor"] = {
+                "topic": str(factors.get(name)),
+                "settings": str(settings.topic_replication_factor),
+            }
+        if drift:
+            log.warning(
+                "an existing topic differs from the settings; change it with kafka-configs.sh "
+                "or kafka-reassign-partitions.sh",
+                extra={"topic": name, "differences": drift},
+            )
 
 
 class LagUnknown(Exception):

@@ -16,6 +16,7 @@ from feedsvc.config import Settings
 from feedsvc.http.admission import Admission
 from feedsvc.http.app import ApiParts, create_app
 from feedsvc.http.submit import Submitter
+from feedsvc.ingest.deadletters import DeadLetters
 from feedsvc.ingest.writer import Writer
 from feedsvc.metrics import Metrics
 from feedsvc.relay.reader import CommittedReader
@@ -129,22 +130,23 @@ def _feed_metrics(metrics: Metrics, reader: CommittedReader) -> None:
 async def writer(settings: Settings) -> None:
     """Store submitted messages until SIGTERM; the batch in hand is committed first."""
     stopping = anyio.Event()
+    metrics = Metrics()
     async with (
         open_pool(settings, "writer") as pool,
         kafka.producer(settings) as dlq,
-        kafka.consumer(
-            settings,
-            kafka.SUBMITTED,
-            group_id=kafka.WRITER_GROUP,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-        ) as consumer,
+        kafka.writer_consumer(settings) as consumer,
         anyio.create_task_group() as tasks,
     ):
         tasks.start_soon(_stop_on_signal, stopping)
         log.info("writer consuming", extra={"topic": kafka.SUBMITTED, "group": kafka.WRITER_GROUP})
         await Writer(
-            consumer, MessageStore(pool), dlq, settings.writer_batch, settings.writer_linger_ms
+            consumer,
+            MessageStore(pool),
+            DeadLetters(dlq, settings.kafka_timeout_s, metrics),
+            metrics,
+            batch=settings.writer_batch,
+            linger_ms=settings.writer_linger_ms,
+            kafka_timeout_s=settings.kafka_timeout_s,
         ).run(stopping)
         tasks.cancel_scope.cancel()
     log.info("writer stopped")

@@ -35,8 +35,31 @@ class Cursor(msgspec.Struct, frozen=True, array_like=True):
 def is_transient(exc: BaseException) -> bool:
     """Whether retrying the same statement later can succeed."""
     if isinstance(exc, psycopg.OperationalError | psycopg.errors.ConnectionTimeout):
-        return True  # the connection was lost or could not be made
+        # The connection was lost or could not be made; but psycopg files class 54 (a
+        # statement over a limit, e.g. an index row too large) here too, and that
+        # statement fails the same way every time.
+        return (exc.sqlstate or "")[:2] != "54"
     return isinstance(exc, psycopg.Error) and exc.sqlstate in TRANSIENT_SQLSTATES
+
+
+# SQLSTATE classes that blame a value, not the statement or the server: 22 data
+# exception (e.g. a NUL in text), 23 integrity constraint violation, 54 program limit
+# exceeded (e.g. an index row too large). https://www.postgresql.org/docs/current/errcodes-appendix.html
+ROW_SQLSTATE_CLASSES = ("22", "23", "54")
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Whether the database refused the values of a row, so no retry of them can succeed.
+
+    Note: psycopg raises `DataError` without a SQLSTATE for a value it cannot even
+    send (PostgreSQL text cannot hold NUL). Any other error (undefined table, no
+    privilege, a bug) is not a row's fault: dropping rows for it would lose them all.
+    """
+    if not isinstance(exc, psycopg.Error) or is_transient(exc):
+        return False
+    if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
+        return True
+    return (exc.sqlstate or "")[:2] in ROW_SQLSTATE_CLASSES
 
 
 @asynccontextmanager

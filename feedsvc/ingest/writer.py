@@ -1,137 +1,206 @@
-"""The writer: `messages.submitted` → one multi-row INSERT per batch → commit offsets."""
+"""The writer: `messages.submitted` → decode → insert → dead letters → commit offsets."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
-import msgspec
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
-from feedsvc.kafka import DLQ
-from feedsvc.messages import DeadLetter, Message, decode_message, encode
-from feedsvc.store import MessageStore, is_transient
+from feedsvc.ingest.batch import Record, decode_batch, letter
+from feedsvc.ingest.deadletters import DeadLetters
+from feedsvc.ingest.isolation import Store, insert_isolating
+from feedsvc.ingest.retry import BatchAbandoned, until_done
+from feedsvc.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-
-def decode_batch(records: Sequence[Any]) -> tuple[list[Message], list[DeadLetter]]:
-    """Split fetched records into messages (first of each id) and dead letters."""
-    messages: dict[Any, Message] = {}
-    dead: list[DeadLetter] = []
-    for record in records:
-        try:
-            message = decode_message(record.value)
-        except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:
-            dead.append(
-                DeadLetter(
-                    topic=record.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                    key=None if record.key is None else record.key.decode(errors="replace"),
-                    value=(record.value or b"").decode(errors="replace"),
-                    reason=str(exc),
-                )
-            )
-            continue
-        # A client retry with the same Idempotency-Key can put one id twice in a batch.
-        messages.setdefault(message.id, message)
-    return list(messages.values()), dead
+STORED_TOTAL = "feedsvc_writer_stored_total"
+OUT_OF_RANGE_TOTAL = "feedsvc_writer_offsets_out_of_range_total"
+EXPIRED_TOTAL = "feedsvc_writer_records_expired_total"
 
 
-class BatchAbandoned(Exception):
-    """The writer was told to stop while the database was down; the batch stays uncommitted."""
+class Source(Protocol):
+    """What the writer needs of its group consumer (`AIOKafkaConsumer` is one)."""
+
+    async def getmany(self, *, timeout_ms: int, max_records: int) -> dict[Any, list[Any]]:
+        """Records fetched since the last call, by partition."""
+        ...
+
+    async def commit(self, offsets: dict[Any, int]) -> None:
+        """Commit the given next offsets of the group."""
+        ...
+
+    async def seek_to_beginning(self, *partitions: Any) -> Any:
+        """Read the partitions again from their earliest retained record."""
+        ...
+
+    async def beginning_offsets(self, partitions: list[Any]) -> dict[Any, int]:
+        """The earliest retained offset of each partition."""
+        ...
 
 
 class Writer:
-    """Stores every record of its partitions exactly once, committing offsets last.
+    """Stores every record of its partitions exactly once, or dead-letters it; commits last.
 
     Note: at-least-once consumption plus `ON CONFLICT (id) DO NOTHING` makes a
-    redelivered batch (after a crash or a rebalance) a no-op, not a duplicate.
+    redelivered batch (after a crash or a rebalance) a no-op, not a duplicate. A
+    batch's offsets are committed only after its rows are stored and its dead letters
+    acknowledged by Kafka.
     """
 
     def __init__(
         self,
-        consumer: AIOKafkaConsumer,
-        store: MessageStore,
-        dlq: AIOKafkaProducer,
+        source: Source,
+        store: Store,
+        dead_letters: DeadLetters,
+        metrics: Metrics,
+        *,
         batch: int,
         linger_ms: int,
+        kafka_timeout_s: float,
     ) -> None:
-        self.consumer = consumer
+        self.source = source
         self.store = store
-        self.dlq = dlq
+        self.dead_letters = dead_letters
+        self.metrics = metrics
         self.batch = batch
         self.linger_ms = linger_ms
+        self.kafka_timeout_s = kafka_timeout_s
         self.stored = 0
         self.dead = 0
+        metrics.counter(STORED_TOTAL, "Records of messages.submitted stored (repeats included).")
+        metrics.counter(
+            OUT_OF_RANGE_TOTAL,
+            "Times the writer's committed offset was outside its partition (expired or recreated).",
+        )
+        metrics.counter(EXPIRED_TOTAL, "Records retention deleted before the writer read them.")
 
     async def run(self, stopping: anyio.Event) -> None:
         """Consume until `stopping` is set; the batch in hand is finished first."""
-        last_report, reported = time.monotonic(), 0
+        last_report, reported = time.monotonic(), (0, 0)
         while not stopping.is_set():
-            fetched = await self.consumer.getmany(timeout_ms=self.linger_ms, max_records=self.batch)
+            try:
+                fetched = await self.source.getmany(
+                    timeout_ms=self.linger_ms, max_records=self.batch
+                )
+            except NoOffsetForPartitionError as exc:
+                await self._start(exc.args[0])
+                continue
+            except OffsetOutOfRangeError as exc:
+                await self._out_of_range(exc.args[0])
+                continue
             records = [r for partition in fetched.values() for r in partition]
             if records:
                 try:
                     await self.handle(records, stopping)
                 except BatchAbandoned as exc:
                     log.warning(
-                        "stopping with a batch unstored; it will be read again",
-                        extra={"rows": exc.args[0]},
+                        "stopping with a batch unfinished; it will be read again",
+                        extra={"rows": len(records), "during": exc.args[0]},
                     )
                     return
-            if time.monotonic() - last_report >= 5 and self.stored != reported:
+            if time.monotonic() - last_report >= 5 and (self.stored, self.dead) != reported:
                 log.info(
                     "writer progress",
                     extra={
                         "stored_total": self.stored,
                         "dead_total": self.dead,
                         "stored_per_s": round(
-                            (self.stored - reported) / (time.monotonic() - last_report)
+                            (self.stored - reported[0]) / (time.monotonic() - last_report)
                         ),
                     },
                 )
-                last_report, reported = time.monotonic(), self.stored
+                last_report, reported = time.monotonic(), (self.stored, self.dead)
 
-    async def handle(self, records: Sequence[Any], stopping: anyio.Event) -> None:
-        """decode → dead-letter → insert → commit, in that order."""
-        messages, dead = decode_batch(records)
-        for letter in dead:
-            log.warning("dead letter", extra={"offset": letter.offset, "reason": letter.reason})
-            await self.dlq.send_and_wait(DLQ, encode(letter))
-        await self._insert(messages, stopping)
+    async def handle(self, records: Sequence[Record], stopping: anyio.Event) -> None:
+        """decode → insert (refused rows isolated) → dead letters → commit, in that order."""
+        batch = decode_batch(records)
+        refused = await insert_isolating(self.store, batch.messages, stopping)
+        dead = list(batch.dead)
+        for message, exc in refused:
+            first, *repeats = batch.records[message.id]
+            dead.append(letter(first, "insert", f"the database refused it: {exc!r}"))
+            dead += [
+                letter(r, "insert", f"same id as offset {first.offset}, which was refused")
+                for r in repeats
+            ]
+        dead.sort(key=lambda d: (d.partition, d.offset))
+        await self.dead_letters.send(dead, stopping)
+        await self._commit(records, stopping)
+        refused_ids = {message.id for message, _ in refused}
+        stored = sum(len(rs) for id_, rs in batch.records.items() if id_ not in refused_ids)
+        self.metrics.inc(STORED_TOTAL, stored)
+        self.stored += stored
+        self.dead += len(dead)
+
+    async def _commit(self, records: Sequence[Record], stopping: anyio.Event) -> None:
+        offsets: dict[Any, int] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
         try:
-            await self.consumer.commit()
-        except (CommitFailedError, KafkaError) as exc:
+            # aiokafka retries a commit while the coordinator is away, without end.
+            await until_done(
+                lambda: self.source.commit(offsets),
+                lambda exc: isinstance(exc, TimeoutError),
+                stopping,
+                "offset commit",
+                self.kafka_timeout_s,
+            )
+        except KafkaError as exc:
             # The partitions moved to another writer, which re-reads from the last
             # commit; what we stored is stored, the repeat insert is a no-op.
             log.warning(
                 "offset commit failed; the batch will be re-read", extra={"error": repr(exc)}
             )
-        self.stored += len(messages)
-        self.dead += len(dead)
 
-    async def _insert(self, messages: Sequence[Message], stopping: anyio.Event) -> None:
-        delay = 0.05
-        while True:
-            try:
-                await self.store.insert(messages)
-                return
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                if stopping.is_set() and delay >= 1:
-                    # Shutting down during an outage: leave the batch uncommitted;
-                    # whoever owns the partitions next stores it.
-                    raise BatchAbandoned(len(messages)) from exc
-                log.warning(
-                    "insert failed, retrying",
-                    extra={"error": repr(exc), "rows": len(messages), "retry_in_s": delay},
+    async def _start(self, tp: Any) -> None:
+        """A partition the group never committed: all of it is unread, start at the earliest."""
+        log.info("no committed offset; reading from the earliest", extra={"partition": str(tp)})
+        await self._seek_to_beginning(tp)
+
+    async def _out_of_range(self, positions: dict[Any, int]) -> None:
+        """The committed offset is gone: loud, counted, then read on from the earliest.
+
+        Note: below the earliest retained offset means retention deleted records no
+        writer had stored (a writer outage longer than `FEED_SUBMITTED_RETENTION_MS`):
+        they are lost, and this says how many. Above the end means the topic was
+        recreated; everything in it is new and unread.
+        """
+        try:
+            starts = await self.source.beginning_offsets(list(positions))
+        except KafkaError as exc:  # the next fetch raises this again
+            log.warning("cannot read the earliest offsets", extra={"error": repr(exc)})
+            return
+        for tp, position in positions.items():
+            earliest = starts.get(tp, 0)
+            self.metrics.inc(OUT_OF_RANGE_TOTAL)
+            if position < earliest:
+                self.metrics.inc(EXPIRED_TOTAL, earliest - position)
+                log.error(
+                    "records expired before the writer stored them",
+                    extra={
+                        "partition": str(tp),
+                        "committed": position,
+                        "earliest": earliest,
+                        "lost": earliest - position,
+                    },
                 )
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+            else:
+                log.error(
+                    "committed offset is past the partition's end (topic recreated?); "
+                    "reading from the earliest",
+                    extra={"partition": str(tp), "committed": position, "earliest": earliest},
+                )
+            await self._seek_to_beginning(tp)
+
+    async def _seek_to_beginning(self, tp: Any) -> None:
+        try:
+            await self.source.seek_to_beginning(tp)
+        except KafkaError as exc:  # revoked meanwhile: its next owner decides
+            log.warning("seek failed", extra={"partition": str(tp), "error": repr(exc)})

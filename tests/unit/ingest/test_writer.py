@@ -1,54 +1,151 @@
-"""The writer's decode step: dead letters for what cannot be read, one row per id."""
+"""The writer: decode, insert isolating refusals, dead letters, and the offset committed last."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import anyio
+import psycopg
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
-from feedsvc.ingest.writer import decode_batch
+from feedsvc.ingest import retry
+from feedsvc.ingest.deadletters import DEAD_LETTERS_TOTAL, DeadLetters
+from feedsvc.ingest.writer import EXPIRED_TOTAL, OUT_OF_RANGE_TOTAL, STORED_TOTAL, Writer
 from feedsvc.messages import Submission, encode, new_message
+from feedsvc.metrics import Metrics
+from tests.unit.ingest.fakes import (
+    TOPIC,
+    FakeProducer,
+    FakeSource,
+    FakeStore,
+    Record,
+    message,
+    record,
+)
 
 
-class Record(NamedTuple):
-    """The fields of an aiokafka ConsumerRecord the writer reads."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
+@pytest.fixture(autouse=True)
+def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(retry, "FIRST_DELAY_S", 0.001)
 
 
-def record(offset: int, value: bytes | None, key: bytes | None = b"ada") -> Record:
-    return Record("messages.submitted", 0, offset, key, value)
+class Parts:
+    """A writer wired to fakes that share one event log."""
+
+    def __init__(self, batches: list[list[Record]] | None = None) -> None:
+        self.events: list[str] = []
+        self.stopping = anyio.Event()
+        self.source = FakeSource(self.events, batches or [], on_empty=self.stopping.set)
+        self.store = FakeStore(self.events)
+        self.producer = FakeProducer(self.events)
+        self.metrics = Metrics()
+        self.writer = Writer(
+            self.source,
+            self.store,
+            DeadLetters(self.producer, 1.0, self.metrics),
+            self.metrics,
+            batch=500,
+            linger_ms=1,
+            kafka_timeout_s=1.0,
+        )
 
 
-def test_good_records_become_messages_in_order() -> None:
-    """Valid records decode to their messages, in record order."""
-    first = new_message(Submission(author="ada", text="one"))
-    second = new_message(Submission(author="ada", text="two"))
-    messages, dead = decode_batch([record(0, encode(first)), record(1, encode(second))])
-    assert (messages, dead) == ([first, second], [])
+async def test_a_refused_row_is_dead_lettered_and_its_neighbours_stored() -> None:
+    """NUL in text among good rows: the good ones stored, the bad one in the DLQ, all committed."""
+    good = [message(f"m {i}") for i in range(9)]
+    bad = message("nul \x00 here")
+    records = [record(i, encode(m)) for i, m in enumerate([*good[:4], bad, *good[4:]])]
+    parts = Parts([records])
+    await parts.writer.run(parts.stopping)
+    assert set(parts.store.rows) == {m.id for m in good}
+    assert [(d.offset, d.stage) for d in parts.producer.sent] == [(4, "insert")]
+    assert "NUL" in parts.producer.sent[0].reason
+    assert parts.source.committed == {TopicPartition(TOPIC, 0): 10}
+    assert parts.metrics.value(DEAD_LETTERS_TOTAL, stage="insert") == 1
+    assert parts.metrics.value(STORED_TOTAL) == 9
 
 
-def test_repeated_id_is_stored_once() -> None:
-    """A retried Idempotency-Key puts one id twice in a batch; the first one is kept."""
-    sub = Submission(author="ada", text="hi")
-    once, again = new_message(sub, "key"), new_message(sub, "key")
-    messages, _ = decode_batch([record(0, encode(once)), record(1, encode(again))])
-    assert messages == [once]
-
-
-def test_undecodable_records_become_dead_letters_with_reasons() -> None:
-    """Garbage, wrong shapes and empty values go to the DLQ with where they came from."""
-    good = new_message(Submission(author="ada", text="fine"))
-    batch = [
-        record(0, b"{not json"),
-        record(1, b'{"id": "nope"}', key=None),
-        record(2, None),
-        record(3, encode(good)),
+async def test_the_offset_is_committed_after_the_rows_and_the_dead_letters() -> None:
+    """Insert, then every dead letter, then one commit per batch of next offsets per partition."""
+    records = [
+        record(0, b"garbage", partition=1),
+        record(7, encode(message("ok")), partition=2),
+        record(1, encode(message("bad \x00")), partition=1),
     ]
-    messages, dead = decode_batch(batch)
-    assert messages == [good]
-    assert [d.offset for d in dead] == [0, 1, 2]
-    assert all(d.reason and d.topic == "messages.submitted" for d in dead)
-    assert dead[0].value == "{not json" and dead[1].key is None
+    parts = Parts([records])
+    await parts.writer.run(parts.stopping)
+    commits = [e for e in parts.events if e.startswith("commit")]
+    assert commits == ["commit 1:2,2:8"]
+    assert parts.events[-1] == commits[0]
+    assert parts.events.index("dlq 0") < parts.events.index("dlq 1") < len(parts.events) - 1
+    inserts = [i for i, e in enumerate(parts.events) if e.startswith("insert")]
+    assert max(inserts) < parts.events.index("dlq 0")
+
+
+async def test_repeats_of_a_refused_id_are_dead_lettered_too() -> None:
+    """Records sharing a refused id are neither stored nor silently dropped."""
+    sub = Submission(author="ada", text="nul \x00")
+    first, again = new_message(sub, "key"), new_message(sub, "key")
+    parts = Parts([[record(0, encode(first)), record(1, encode(again))]])
+    await parts.writer.run(parts.stopping)
+    assert [d.offset for d in parts.producer.sent] == [0, 1]
+    assert parts.store.rows == {}
+
+
+async def test_kafka_down_for_the_dead_letters_holds_the_commit_back() -> None:
+    """The DLQ unreachable: retried until it takes the letter; only then the commit."""
+    parts = Parts([[record(0, b"garbage"), record(1, encode(message("ok")))]])
+    parts.producer.failures = [KafkaConnectionError("down")] * 4
+    await parts.writer.run(parts.stopping)
+    assert [d.offset for d in parts.producer.sent] == [0]
+    assert parts.events[-2:] == ["dlq 0", "commit 0:2"]
+
+
+async def test_stopping_while_the_dlq_is_down_leaves_the_batch_uncommitted() -> None:
+    """SIGTERM during a Kafka outage: the writer returns, nothing skipped, nothing committed."""
+    parts = Parts([[record(0, b"garbage"), record(1, encode(message("ok")))]])
+    parts.producer.down = KafkaConnectionError("down")
+    parts.stopping.set()
+
+    async def run() -> None:
+        # `run` checks `stopping` first; hand it the batch directly as the loop would.
+        await parts.writer.handle(parts.source.batches[0], parts.stopping)
+
+    with anyio.fail_after(10), pytest.raises(retry.BatchAbandoned):
+        await run()
+    assert parts.source.committed == {}
+    assert parts.producer.sent == []
+
+
+async def test_a_new_group_starts_at_the_earliest_quietly() -> None:
+    """No committed offset: seek to the beginning, count nothing."""
+    parts = Parts()
+    tp = TopicPartition(TOPIC, 3)
+    parts.source.raises = [NoOffsetForPartitionError(tp)]
+    await parts.writer.run(parts.stopping)
+    assert parts.source.seeks == [tp]
+    assert parts.metrics.value(OUT_OF_RANGE_TOTAL) == 0
+
+
+async def test_an_expired_position_is_counted_and_logged_as_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Committed offset 3 when retention kept only from 10: 7 records lost, said loudly."""
+    parts = Parts()
+    tp = TopicPartition(TOPIC, 2)
+    parts.source.raises = [OffsetOutOfRangeError({tp: 3})]
+    parts.source.earliest = 10
+    await parts.writer.run(parts.stopping)
+    assert parts.source.seeks == [tp]
+    assert parts.metrics.value(OUT_OF_RANGE_TOTAL) == 1
+    assert parts.metrics.value(EXPIRED_TOTAL) == 7
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and getattr(errors[0], "lost", None) == 7
+
+
+async def test_a_transient_database_error_is_retried_not_dead_lettered() -> None:
+    """40001 on the batch: the same rows again, stored, no dead letter."""
+    parts = Parts([[record(i, encode(message(f"m {i}"))) for i in range(5)]])
+    parts.store.failures = [psycopg.errors.SerializationFailure("retry")]
+    await parts.writer.run(parts.stopping)
+    assert len(parts.store.rows) == 5 and parts.producer.sent == []
