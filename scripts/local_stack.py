@@ -516,6 +516,8 @@ class KafkaBroker:
                 "share.coordinator.state.topic.min.isr=1",
                 # Tests start consumers one by one; no point waiting for more to join.
                 "group.initial.rebalance.delay.ms=0",
+                # As in compose: above messages.submitted's retention (7 days).
+                "offsets.retention.minutes=20160",
                 # After a crash the controller refuses the broker's new registration until the
                 # old session expires (default 9 s); 4 s keeps crash drills short while a GC
                 # pause still cannot fence a healthy broker (heartbeats every 0.5 s).
