@@ -28,7 +28,7 @@ from feedsvc.metrics import Metrics
 log = logging.getLogger(__name__)
 
 # Printable ASCII, as in the IETF Idempotency-Key draft's examples (UUIDs, tokens).
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_IDEMPOTENCY_KEY = re.compile(r"\A[\x21-\x7e]{1,255}\Z")
 
 
 class Submitter:
