@@ -15,6 +15,7 @@ _NAMES = {
     405: "method_not_allowed",
     413: "body_too_large",
     415: "unsupported_media_type",
+    422: "unprocessable_content",
     429: "too_many_requests",
     500: "internal_error",
     503: "unavailable",
