@@ -11,6 +11,7 @@ import psycopg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from litestar import Request, Response, post
+from litestar.di import NamedDependency
 
 from feedsvc.http.admission import Admission, Refusal
 from feedsvc.http.errors import problem
@@ -150,7 +151,9 @@ def _is_json(content_type: str) -> bool:
 
 @post("/messages", request_max_body_size=MAX_BODY_BYTES, status_code=202)
 async def post_message(
-    request: Request[Any, Any, Any], submitter: Submitter, store: MessageStore
+    request: Request[Any, Any, Any],
+    submitter: NamedDependency[Submitter],
+    store: NamedDependency[MessageStore],
 ) -> Response[bytes]:
     """Accept a message: 202 once Kafka has it; 400/413/415/422 for bad input; 429/503 when busy.
 
