@@ -112,17 +112,35 @@ class Submitter:
         known = self.ledger.get(message.id)
         if known is not None:
             return known
-        until = min(deadline, asyncio.get_running_loop().time() + self.timeout_s / 5)
+        loop = asyncio.get_running_loop()
+        until = min(deadline, loop.time() + self.timeout_s / 5)
+        # Not `asyncio.timeout`: a query cancelled by psycopg first asks the server to
+        # cancel it and waits for that (seconds, when the server does not answer), so
+        # a lookup that is late is left to end by itself, and the request goes on.
+        lookup = asyncio.ensure_future(keys.get(message.id))
         try:
-            async with asyncio.timeout_at(until):
-                stored = await keys.get(message.id)
-        except (TimeoutError, psycopg.Error) as exc:
-            # Sending unchecked keeps posting available while the database is down;
-            # the insert-if-absent still stores the id once.
-            self.metrics.inc("feedsvc_idempotency_unchecked_total")
-            log.warning("idempotency key not checked", extra={"error": repr(exc)})
+            await asyncio.wait({lookup}, timeout=max(until - loop.time(), 0))
+        finally:
+            late = not lookup.done()
+            if late:
+                lookup.cancel()
+                lookup.add_done_callback(_forget)
+        if late:
+            self._unchecked("the database did not answer in time")
             return None
+        if (error := lookup.exception()) is not None:
+            if not isinstance(error, psycopg.Error):
+                raise error
+            self._unchecked(repr(error))
+            return None
+        stored = lookup.result()
         return None if stored is None else Earlier(stored, acknowledged=True)
+
+    def _unchecked(self, why: str) -> None:
+        # Sending unchecked keeps posting available while the database is down; the
+        # insert-if-absent still stores the id once.
+        self.metrics.inc("feedsvc_idempotency_unchecked_total")
+        log.warning("idempotency key not checked", extra={"error": why})
 
     async def _send(self, message: Message, deadline: float) -> None:
         loop = asyncio.get_running_loop()
@@ -140,6 +158,12 @@ class Submitter:
             log.warning("kafka send failed", extra={"error": repr(exc), "id": str(message.id)})
             raise Refusal(503, "Kafka did not acknowledge the message in time", 2) from None
         self.admission.kafka_ok()
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned lookup's outcome, so asyncio does not report it as lost."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _is_json(content_type: str) -> bool:

@@ -38,14 +38,22 @@ class FakeProducer:
 
 @dataclass
 class FakeStore:
-    """`MessageStore.get` over a dict, or one that never answers (`hang`)."""
+    """`MessageStore.get` over a dict, or one that never answers (`hang`).
+
+    Note: a hung read, once cancelled, takes 2 s more to end, as psycopg's does
+    while it asks a server that does not answer to cancel the query.
+    """
 
     rows: dict[uuid.UUID, Message] = field(default_factory=dict)
     hang: bool = False
 
     async def get(self, message_id: uuid.UUID) -> Message | None:
         if self.hang:
-            await anyio.sleep_forever()
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                await asyncio.shield(asyncio.sleep(2))
+                raise
         return self.rows.get(message_id)
 
 
