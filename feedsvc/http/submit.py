@@ -58,7 +58,9 @@ class Submitter:
             "Keyed POSTs sent without checking the key: the database did not answer in time.",
         )
         metrics.gauge(
-            "feedsvc_posts_inflight", "POSTs waiting on Kafka now.", lambda: admission.inflight
+            "feedsvc_posts_inflight",
+            "POSTs admitted and not answered yet (key lookup, Kafka send).",
+            lambda: admission.inflight,
         )
         metrics.gauge(
             "feedsvc_writer_backlog",
