@@ -38,7 +38,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """How often the api re-reads the writer's lag; requests never wait on it."""
 
     kafka_timeout_s: float = 5.0
-    """The longest a POST waits for Kafka's acknowledgement before answering 503."""
+    """The longest a POST takes from its arrival when Kafka does not acknowledge: 503 by then."""
 
     submitted_partitions: int = 6
     """Partitions of `messages.submitted`: the most writers that can share the work."""

@@ -16,6 +16,7 @@ from aiokafka.errors import (
     GroupCoordinatorNotAvailableError,
     KafkaConnectionError,
     KafkaError,
+    NotCoordinatorError,
     TopicAlreadyExistsError,
 )
 
@@ -233,7 +234,10 @@ async def _warn_on_drift(client: AIOKafkaAdminClient, settings: Settings, names:
 
 
 class LagUnknown(Exception):
-    """Kafka answered, but cannot tell the writer's progress yet (e.g. a new coordinator)."""
+    """Kafka answered, but cannot tell the writer's progress yet (e.g. a new coordinator).
+
+    Note: not a sign that Kafka is down; the caller keeps the last backlog it saw.
+    """
 
 
 class WriterProgress:
@@ -262,8 +266,15 @@ class WriterProgress:
             committed = await self.admin.list_consumer_group_offsets(
                 WRITER_GROUP, partitions=self.partitions
             )
-        except (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError) as exc:
-            # A fresh broker creates its offsets topic on first use; this passes.
+        except (
+            GroupCoordinatorNotAvailableError,
+            CoordinatorLoadInProgressError,
+            NotCoordinatorError,
+        ) as exc:
+            # The broker's retriable answers while a coordinator is created, loads or
+            # moves (https://kafka.apache.org/protocol#protocol_error_codes; e.g.
+            # https://kafka.apache.org/39/javadoc/org/apache/kafka/common/errors/CoordinatorLoadInProgressException.html);
+            # a fresh broker creates its offsets topic on first use. This passes.
             raise LagUnknown(str(exc)) from exc
         produced = done = 0
         for tp in self.partitions:

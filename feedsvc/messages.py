@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
+import unicodedata
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 import msgspec
 
-AUTHOR_PATTERN = "^[A-Za-z0-9_]{1,32}$"
+# \A and \Z, not ^ and $: msgspec applies a pattern with re.search, and `$` also
+# matches before a final newline, so "ada\n" would pass.
+AUTHOR_PATTERN = r"\A[A-Za-z0-9_]{1,32}\Z"
 MAX_TEXT_CHARS = 280
 MAX_BODY_BYTES = 4096
 
@@ -23,6 +28,47 @@ MAX_BODY_BYTES = 4096
 _FORBIDDEN_CHARS = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
 # Idempotency keys are namespaced per author, so two authors never collide.
 _IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0d6a2e-6f0e-4c57-9a43-2f4f7d3c8e11")
+
+# Code points that render as nothing. Unicode's Default_Ignorable_Code_Point
+# (https://www.unicode.org/Public/UCD/latest/ucd/DerivedCoreProperties.txt; e.g.
+# U+200B, U+2060, U+3164 HANGUL FILLER, U+FFA0, variation selectors, tags), which
+# unicodedata does not expose, plus U+2800 BRAILLE PATTERN BLANK, a symbol that is
+# drawn as an empty cell.
+_BLANK_RANGES = (
+    (0x00AD, 0x00AD),
+    (0x034F, 0x034F),
+    (0x061C, 0x061C),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x206F),
+    (0x2800, 0x2800),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+)
+# Separators (Zs, Zl, Zp), controls (Cc), format characters (Cf) and surrogates (Cs).
+_BLANK_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf", "Cs"})
+
+
+def is_visible(char: str) -> bool:
+    """Whether a character leaves a mark: not a separator, control, format or ignorable.
+
+    Note: letters, marks, numbers, punctuation and symbols are visible, and so are
+    private-use and unassigned code points: a font draws them (a box at worst), and
+    a code point unassigned in this Python's Unicode version may be a newer emoji.
+    """
+    if unicodedata.category(char) in _BLANK_CATEGORIES:
+        return False
+    code = ord(char)
+    return not any(low <= code <= high for low, high in _BLANK_RANGES)
 
 
 class Submission(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -78,22 +124,42 @@ class InvalidSubmission(ValueError):
 _submission_decoder = msgspec.json.Decoder(Submission)
 _message_decoder = msgspec.json.Decoder(Message)
 _encoder = msgspec.json.Encoder()
-_FIELD_IN_PATH = re.compile(r"at `\$\.(\w+)`")
-_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]*)`")
-_MISSING_FIELD = re.compile(r"missing required field `([^`]*)`")
+
+# msgspec's validation errors, as msgspec 0.22 words them (tests/unit/test_messages.py
+# pins the message each one becomes, so a change of wording fails there).
+_AUTHOR_MISMATCH = re.compile(r"\AExpected `str` matching regex .* - at `\$\.author`\Z", re.S)
+_WRONG_TYPE = re.compile(r"\AExpected `\w+`, got `(\w+)` - at `\$\.(\w+)`\Z")
+_NOT_OBJECT = re.compile(r"\AExpected `object`, got `(\w+)`\Z")
+_UNKNOWN_FIELD = re.compile(r"\AObject contains unknown field `(.*)`\Z", re.S)
+_MISSING_FIELD = re.compile(r"\AObject missing required field `(\w+)`\Z")
+_JSON_TYPES = {
+    "int": "a number",
+    "float": "a number",
+    "bool": "a boolean",
+    "null": "null",
+    "str": "a string",
+    "array": "an array",
+    "object": "an object",
+}
+_SHAPE = "body must be a JSON object with the fields author and text"
 
 
 def decode_submission(body: bytes) -> Submission:
     """Decode and validate a `POST /messages` body; the text comes back trimmed.
 
-    Raises `InvalidSubmission` naming the field at fault.
+    Raises `InvalidSubmission` saying what is wrong in words a person reads, naming
+    the field at fault when there is one.
     """
+    try:
+        body.decode("utf-8")  # msgspec would raise a bare UnicodeDecodeError
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(body, exc.start) from None
     try:
         raw = _submission_decoder.decode(body)
     except msgspec.ValidationError as exc:
-        raise InvalidSubmission(_describe(str(exc)), _field_of(str(exc))) from None
+        raise _explain(str(exc)) from None
     except msgspec.DecodeError as exc:
-        raise InvalidSubmission(f"body is not valid JSON: {exc}") from None
+        raise _undecodable(body, str(exc)) from None
     text = raw.text.strip()
     if not text:
         raise InvalidSubmission("text must not be empty", "text")
@@ -101,26 +167,85 @@ def decode_submission(body: bytes) -> Submission:
         raise InvalidSubmission(
             f"text is {len(text)} characters long, the limit is {MAX_TEXT_CHARS}", "text"
         )
-    if _FORBIDDEN_CHARS.search(text):
+    if control := _FORBIDDEN_CHARS.search(text):
         raise InvalidSubmission(
-            "text must not contain control characters (newline is allowed)", "text"
+            "text must not contain control characters (newline is allowed): "
+            f"{_name(control.group())} at character {control.start() + 1}",
+            "text",
+        )
+    if not any(map(is_visible, text)):
+        raise InvalidSubmission(
+            "text has no visible character, only white space and invisible characters "
+            f"such as {_name(text[0])}",
+            "text",
         )
     return Submission(author=raw.author, text=text)
 
 
-def _field_of(error: str) -> str | None:
-    for pattern in (_FIELD_IN_PATH, _UNKNOWN_FIELD, _MISSING_FIELD):
-        if match := pattern.search(error):
-            return match.group(1)
+def _explain(error: str) -> InvalidSubmission:
+    """msgspec's validation error as a person would want it said."""
+    if _AUTHOR_MISMATCH.match(error):
+        return InvalidSubmission("author must be 1-32 characters of A-Z, a-z, 0-9 and _", "author")
+    if match := _WRONG_TYPE.match(error):
+        got, field = match.groups()
+        return InvalidSubmission(
+            f"{field} must be a string, not {_JSON_TYPES.get(got, got)}", field
+        )
+    if _NOT_OBJECT.match(error):
+        return InvalidSubmission(_SHAPE)
+    if match := _UNKNOWN_FIELD.match(error):
+        field = match.group(1)[:64]
+        return InvalidSubmission(
+            f"unknown field {field!r}: the body has only the fields author and text", field
+        )
+    if match := _MISSING_FIELD.match(error):
+        field = match.group(1)
+        return InvalidSubmission(f"{field} is required", field)
+    return InvalidSubmission(error)
+
+
+def _undecodable(body: bytes, error: str) -> InvalidSubmission:
+    """Why a body is not JSON; a lone surrogate escape is named (msgspec says "truncated")."""
+    # The stdlib parser accepts a lone "\ud800" escape: where it succeeds and msgspec
+    # did not, a string holds a surrogate that no UTF-8 text can carry.
+    found = _culprit(body.decode("utf-8"), lambda c: "\ud800" <= c <= "\udfff")
+    if found is not None:
+        where, char = found
+        return InvalidSubmission(
+            f"{where or 'a field name'} is not valid Unicode: lone surrogate {_name(char)}", where
+        )
+    return InvalidSubmission(f"body is not valid JSON: {error}")
+
+
+def _not_utf8(body: bytes, offset: int) -> InvalidSubmission:
+    """Invalid UTF-8, naming the field whose string holds the bad byte when it can."""
+    # surrogateescape turns each undecodable byte into one of U+DC80..U+DCFF.
+    text = body.decode("utf-8", "surrogateescape")
+    found = _culprit(text, lambda c: "\udc80" <= c <= "\udcff")
+    where = found[0] if found is not None else None
+    label = where or ("a field name" if found is not None else "body")
+    return InvalidSubmission(
+        f"{label} is not valid UTF-8: byte 0x{body[offset]:02x} at offset {offset}", where
+    )
+
+
+def _culprit(text: str, bad: Callable[[str], bool]) -> tuple[str | None, str] | None:
+    """(the field, None for a field name) whose string holds a `bad` character, and it."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(value, dict):
+        return None
+    for key, item in value.items():
+        for where, string in ((None, key), (key, item)):
+            if isinstance(string, str) and (char := next(filter(bad, string), None)):
+                return where, char
     return None
 
 
-def _describe(error: str) -> str:
-    if "at `$.author`" in error and "match pattern" in error:
-        return "author must be 1-32 characters of A-Z, a-z, 0-9 and _"
-    if error.startswith("Expected `object`"):
-        return "body must be a JSON object with the fields author and text"
-    return error
+def _name(char: str) -> str:
+    return f"U+{ord(char):04X}"
 
 
 def new_message(submission: Submission, idempotency_key: str | None = None) -> Message:

@@ -9,10 +9,13 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
+from feedsvc.kafka import LagUnknown
+
 log = logging.getLogger(__name__)
 
 LagReader = Callable[[], Awaitable[tuple[int, int]]]
-"""Returns (records produced, records the writer committed) summed over partitions."""
+"""Returns (records produced, records the writer committed) summed over partitions;
+raises `LagUnknown` when Kafka answered but cannot tell the writer's progress yet."""
 
 
 class Refusal(Exception):
@@ -83,12 +86,19 @@ class Admission:
             log.info("kafka reachable again")
 
     async def watch_backlog(self, read_lag: LagReader, every_s: float) -> None:
-        """Keep `backlog` and `drain_per_s` current until cancelled."""
+        """Keep `backlog` and `drain_per_s` current until cancelled.
+
+        Note: `LagUnknown` (e.g. the group coordinator of a fresh broker still
+        loading) is no Kafka failure: Kafka answered. The last backlog seen stands.
+        """
         previous: tuple[float, int] | None = None
         while True:
             try:
                 with anyio.fail_after(max(every_s * 5, 5)):
                     produced, committed = await read_lag()
+            except LagUnknown as exc:
+                log.debug("backlog unknown for now", extra={"error": repr(exc)})
+                self.kafka_ok()
             except Exception as exc:
                 log.debug("backlog read failed", extra={"error": repr(exc)})
                 self.kafka_failed()

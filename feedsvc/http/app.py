@@ -7,13 +7,12 @@ from typing import Any
 
 from litestar import Litestar
 from litestar.di import Provide
-from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 
 from feedsvc.config import Settings
 from feedsvc.http import feed, health, pages, reads, submit
 from feedsvc.http.admission import Admission
-from feedsvc.http.errors import http_exception_handler
+from feedsvc.http.errors import exception_handlers
 from feedsvc.http.submit import Submitter
 from feedsvc.metrics import Metrics
 from feedsvc.relay.reader import CommittedReader
@@ -57,7 +56,7 @@ def create_app(parts: ApiParts) -> Litestar:
             "settings": _provide(parts.settings),
             "reader": _provide(parts.reader),
         },
-        exception_handlers={HTTPException: http_exception_handler},
+        exception_handlers=exception_handlers(),
         openapi_config=OpenAPIConfig(title="feedsvc", version="1.0.0", path="/schema"),
         debug=False,
         # Logging is configured once per process by feedsvc.logs, not by the framework.

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.types import ExceptionHandlersMap
 
 from feedsvc.messages import Problem, encode
+
+log = logging.getLogger(__name__)
 
 _NAMES = {
     400: "bad_request",
@@ -15,6 +19,7 @@ _NAMES = {
     405: "method_not_allowed",
     413: "body_too_large",
     415: "unsupported_media_type",
+    422: "unprocessable_content",
     429: "too_many_requests",
     500: "internal_error",
     503: "unavailable",
@@ -42,3 +47,22 @@ def http_exception_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Res
             detail = f"{field}: {first.get('message', exc.detail)}" if field else exc.detail
             return problem(exc.status_code, detail, field)
     return problem(exc.status_code, exc.detail, field)
+
+
+def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """Anything unforeseen: logged with its traceback, answered 500 in our shape.
+
+    Note: input must never get here (bad input is a 4xx, each named by its handler);
+    this only keeps the error body's shape the same when a bug does.
+    """
+    log.error(
+        "unhandled error",
+        exc_info=exc,
+        extra={"method": request.method, "path": request.url.path},
+    )
+    return problem(500, "internal error; it has been logged")
+
+
+def exception_handlers() -> ExceptionHandlersMap:
+    """The app's handlers: Litestar's own errors, and (a bug) anything else, in our shape."""
+    return {HTTPException: http_exception_handler, Exception: internal_error_handler}

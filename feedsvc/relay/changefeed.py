@@ -28,7 +28,7 @@ import msgspec
 
 from feedsvc.messages import Message
 
-_HLC = re.compile(r"^[0-9]{1,20}\.[0-9]{10}$")
+_HLC = re.compile(r"\A[0-9]{1,20}\.[0-9]{10}\Z")
 
 
 class Row(msgspec.Struct, frozen=True):

@@ -24,7 +24,7 @@ from feedsvc.relay.changefeed import Delete, Row
 PING = b": ping\n\n"
 """A comment heartbeat: keeps proxies from closing an idle stream, dispatches no event."""
 
-_EVENT_ID = re.compile(r"^(-1|0|[1-9][0-9]{0,18})(?:-([0-9a-f]{8}))?$")
+_EVENT_ID = re.compile(r"\A(-1|0|[1-9][0-9]{0,18})(?:-([0-9a-f]{8}))?\Z")
 _encoder = msgspec.json.Encoder()
 
 

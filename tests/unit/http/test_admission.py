@@ -6,6 +6,7 @@ import anyio
 import pytest
 
 from feedsvc.http.admission import Admission, Refusal
+from feedsvc.kafka import LagUnknown
 
 
 def refusal(admission: Admission) -> Refusal:
@@ -78,3 +79,25 @@ async def test_watch_backlog_marks_kafka_down() -> None:
     with anyio.move_on_after(0.3):
         await admission.watch_backlog(read, 0.05)
     assert not admission.kafka_reachable
+
+
+async def test_lag_unknown_is_not_a_kafka_failure() -> None:
+    """A coordinator still loading means Kafka answered: POSTs stay admitted, the backlog stands."""
+    admission = Admission(max_inflight=10, max_backlog=10)
+    readings = 0
+
+    async def read() -> tuple[int, int]:
+        nonlocal readings
+        readings += 1
+        if readings == 1:
+            return (7, 2)
+        raise LagUnknown("coordinator load in progress")
+
+    admission.kafka_failed()  # one real failure before: LagUnknown must not add to it
+    with anyio.move_on_after(0.5):
+        await admission.watch_backlog(read, 0.02)
+    assert readings > 5
+    assert admission.kafka_reachable
+    admission.kafka_failed()
+    admission.check()  # one failure after the LagUnknowns is still only one
+    assert admission.backlog == 5
