@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import uuid
 from typing import Annotated
 
@@ -26,7 +25,9 @@ def decode_cursor(token: str) -> Cursor:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         return msgspec.json.decode(raw, type=Cursor)
-    except (binascii.Error, msgspec.DecodeError, msgspec.ValidationError) as exc:
+    # binascii.Error, and the ValueError of a token with non-ASCII characters, are both
+    # ValueErrors: whatever the client sent, it gets our message, not Python's.
+    except (ValueError, msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ValueError("before is not a cursor this api issued") from exc
 
 
