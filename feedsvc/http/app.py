@@ -16,6 +16,7 @@ from feedsvc.http.admission import Admission
 from feedsvc.http.errors import http_exception_handler
 from feedsvc.http.submit import Submitter
 from feedsvc.metrics import Metrics
+from feedsvc.relay.fanout import Fanout
 from feedsvc.relay.reader import CommittedReader
 from feedsvc.store import MessageStore
 
@@ -30,6 +31,7 @@ class ApiParts:
     admission: Admission
     metrics: Metrics
     reader: CommittedReader
+    fanout: Fanout
 
 
 def _provide(value: Any) -> Provide:
@@ -56,6 +58,7 @@ def create_app(parts: ApiParts) -> Litestar:
             "metrics": _provide(parts.metrics),
             "settings": _provide(parts.settings),
             "reader": _provide(parts.reader),
+            "fanout": _provide(parts.fanout),
         },
         exception_handlers={HTTPException: http_exception_handler},
         openapi_config=OpenAPIConfig(title="feedsvc", version="1.0.0", path="/schema"),
