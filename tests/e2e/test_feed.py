@@ -269,6 +269,34 @@ async def test_duplicate_burst_never_reaches_clients(
         assert ids_of(await quiet_for(sse, 2)) == []
 
 
+@native_only  # freezes the stand-in
+async def test_history_is_never_sent_again_live_or_after_a_resume(
+    client: httpx.AsyncClient, stack: Stack, author: str
+) -> None:
+    """Messages in the history whose changefeed records land after the history's position
+    reach no client again: not live, not on a resume from the history's id on any replica."""
+    standin = stack.service("changefeed")
+    assert standin.pid is not None
+    os.kill(standin.pid, signal.SIGSTOP)  # committed, but not in the topic yet
+    try:
+        held = await post_many(client, author, 3, "held")
+        await wait_for(lambda: stored_ids(stack, author), lambda ids: len(ids) == 3, 20, "rows")
+        async with open_feed(stack.api_url, {"limit": 3}) as live:
+            assert ids_of(await live.messages(3)) == held
+            history_id = live.last_id
+            assert history_id is not None
+            os.kill(standin.pid, signal.SIGCONT)  # the held records land after the position
+            after = await post_many(client, author, 2, "after")
+            assert ids_of(await live.messages(2)) == after
+    finally:
+        os.kill(standin.pid, signal.SIGCONT)
+    with extra_api(stack) as replica:
+        for url in (stack.api_url, replica):
+            async with open_feed(url, headers={"Last-Event-ID": history_id}) as sse:
+                assert ids_of(await sse.messages(2)) == after
+                assert ids_of(await quiet_for(sse, 1)) == []
+
+
 async def test_pagination_walks_everything_while_posts_arrive(
     client: httpx.AsyncClient, stack: Stack, author: str
 ) -> None:
