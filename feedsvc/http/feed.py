@@ -22,9 +22,11 @@ from feedsvc.relay.reader import CommittedReader
 from feedsvc.relay.stream import BUSY, FeedStream
 from feedsvc.store import MessageStore
 
-LAG_GRACE_S = 2.0
+LAG_GRACE_S = 10.0
 """How long a client cut for lagging has to take its pending write and the `resume` frame
-before its connection is dropped without it (only a truly stuck socket waits that long)."""
+before its connection is dropped without it. The pending write returns once the server's
+write buffer (64 KiB in uvloop) drains to its low-water mark (16 KiB): seconds even for a
+slow reader; only a socket that takes nothing at all waits the whole time."""
 _LIFETIME = "feedsvc.feed.lifetime"
 
 SSE_HEADERS = {

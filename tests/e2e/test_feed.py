@@ -242,6 +242,78 @@ async def test_slow_client_is_cut_and_resumes_without_gap(
             assert ids_of(rest) == order[len(seen) :]
 
 
+async def test_lagging_client_that_still_reads_is_told_to_resume(
+    client: httpx.AsyncClient, stack: Stack, author: str
+) -> None:
+    """A client that falls behind but whose socket can still take data is cut with a final
+    `resume` event naming where to resume; resuming there loses nothing."""
+    small_window = httpx.AsyncHTTPTransport(
+        socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)]
+    )
+    small = {"FEED_SUBSCRIBER_BUFFER": "20", "FEED_RING_SIZE": "5000", "FEED_SOCKET_SNDBUF": "8192"}
+    with extra_api(stack, **small) as replica:
+        posted: list[str] = []
+        seen: list[SseEvent] = []
+        async with open_feed(replica, {"limit": 0}, transport=small_window) as slow:
+
+            async def fall_behind_then_read() -> None:
+                # Not reading while 900 posts stream in fills the sockets and the server's
+                # write buffer (~90 KiB in all): the server's write blocks, the client lags.
+                await wait_for(_count_of(posted), lambda n: n >= 900, 120, "900 posts")
+                with anyio.fail_after(60):
+                    while (event := await slow.next(30)) is not None:
+                        if event.event != "comment":
+                            seen.append(event)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(fall_behind_then_read)
+                async with anyio.create_task_group() as posters:
+                    for k in range(8):
+                        posters.start_soon(_post_into, client, author, 125, f"s{k}", posted)
+        kinds = [e.event for e in seen]
+        assert kinds and kinds[-1] == "resume", f"no resume at the end: {kinds[-3:]}"
+        assert set(kinds[:-1]) == {"message"}
+        resume_from = seen[-1].json()["last_event_id"]
+        assert resume_from == seen[-1].id
+        got = ids_of(seen[:-1])
+        assert len(got) < len(posted), "the client was never cut"
+        async with open_feed(replica, {"limit": 0}, {"Last-Event-ID": resume_from}) as again:
+            rest = ids_of(await again.messages(len(posted) - len(got), within=60))
+        mine = [i for i in got + rest if i in set(posted)]
+        assert sorted(mine) == sorted(posted) and len(mine) == len(set(mine))
+
+
+async def _gauge(client: httpx.AsyncClient, name: str) -> float:
+    text = (await client.get("/metrics")).text
+    [value] = [line.split()[1] for line in text.splitlines() if line.startswith(f"{name} ")]
+    return float(value)
+
+
+async def test_disconnected_clients_are_released_at_once(
+    client: httpx.AsyncClient, stack: Stack
+) -> None:
+    """500 idle streams whose clients vanish together leave the subscribers gauge within 1 s."""
+    subscribers = "feedsvc_feed_subscribers"
+    base = await _gauge(client, subscribers)
+    host, port = stack.api_url.removeprefix("http://").split(":")
+    request = f"GET /feed?limit=0 HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(500):  # plain sockets: the clients cost the test nothing while idle
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            sock.sendall(request)
+            sockets.append(sock)
+        await wait_for(
+            lambda: _gauge(client, subscribers), lambda n: n >= base + 500, 60, "500 streams"
+        )
+    finally:
+        for sock in sockets:
+            sock.close()
+    closed = anyio.current_time()
+    await wait_for(lambda: _gauge(client, subscribers), lambda n: n <= base, 5, "release")
+    assert anyio.current_time() - closed < 1.0, "subscriptions outlived their connections"
+
+
 def _count_of(items: list[str]) -> Callable[[], Awaitable[int]]:
     async def count() -> int:
         return len(items)
