@@ -32,10 +32,12 @@ from feedsvc.relay.replay import Replay, SeekBack
 
 log = logging.getLogger(__name__)
 
-PARTITION = TopicPartition(kafka.COMMITTED, 0)
 MAX_REPLAYS = 16
 """Replays from Kafka at once per process (each holds a consumer); more get a retry hint."""
 RECREATED = "the topic was recreated"
+REPLAY_FETCH_BYTES = 256 * 1024
+"""A replay's fetch size: bounds the memory of `MAX_REPLAYS` replays (aiokafka buffers a
+fetch ahead); a replay is read once, so large fetches buy little."""
 
 
 class ReplaysBusy(Exception):
@@ -54,17 +56,21 @@ def _decode(record: Any) -> Row | Delete | Resolved | None:
         return None
 
 
-async def _bounds(consumer: AIOKafkaConsumer) -> tuple[int, int]:
-    low = (await consumer.beginning_offsets([PARTITION]))[PARTITION]
-    high = (await consumer.end_offsets([PARTITION]))[PARTITION]
+async def _bounds(consumer: AIOKafkaConsumer, partition: TopicPartition) -> tuple[int, int]:
+    low = (await consumer.beginning_offsets([partition]))[partition]
+    high = (await consumer.end_offsets([partition]))[partition]
     return low, high
 
 
 class CommittedReader:
     """Feeds every record of `messages.committed` to a `Fanout`, in offset order."""
 
-    def __init__(self, settings: Settings, max_replays: int = MAX_REPLAYS) -> None:
+    def __init__(
+        self, settings: Settings, max_replays: int = MAX_REPLAYS, topic: str = kafka.COMMITTED
+    ) -> None:
         self.settings = settings
+        self.partition = TopicPartition(topic, 0)
+        """The topic's only partition (tests use their own topic)."""
         self.published = 0
         self.max_replays = max_replays
         self.replays = 0
@@ -88,15 +94,16 @@ class CommittedReader:
         records not yet read) the fanout restarts from the topic's new bounds and every
         subscriber is told `reset` with the reason; the process keeps serving.
         """
+        tp = self.partition
         async with kafka.consumer(
             self.settings, max_partition_fetch_bytes=8 * 1024 * 1024, auto_offset_reset="none"
         ) as consumer:
-            consumer.assign([PARTITION])
-            low, high = await _bounds(consumer)
+            consumer.assign([tp])
+            low, high = await _bounds(consumer, tp)
             fanout = Fanout(
                 self.settings.ring_size, self.settings.subscriber_buffer, low=low, high=high
             )
-            consumer.seek(PARTITION, fanout.start_offset)
+            consumer.seek(tp, fanout.start_offset)
             log.info("relay reading", extra={"from_offset": fanout.start_offset, "end": high})
             self._fanout = fanout
             task_status.started(fanout)
@@ -106,9 +113,9 @@ class CommittedReader:
                 step = max(1, self.settings.subscriber_buffer // 2)
                 while True:
                     try:
-                        batch = await consumer.getmany(PARTITION, timeout_ms=1000, max_records=step)
+                        batch = await consumer.getmany(tp, timeout_ms=1000, max_records=step)
                     except OffsetOutOfRangeError:
-                        low, high = await _bounds(consumer)
+                        low, high = await _bounds(consumer, tp)
                         reason = (
                             RECREATED
                             if fanout.head > high
@@ -120,9 +127,9 @@ class CommittedReader:
                         )
                         self.restarts += 1
                         fanout.restart(low, high, reason)
-                        consumer.seek(PARTITION, fanout.start_offset)
+                        consumer.seek(tp, fanout.start_offset)
                         continue
-                    for record in batch.get(PARTITION, ()):
+                    for record in batch.get(tp, ()):
                         event = _decode(record)
                         if isinstance(event, Row | Delete):
                             self.published += fanout.publish(record.offset, event)
@@ -149,7 +156,11 @@ class CommittedReader:
             raise ReplaysBusy
         self.replays += 1
         try:
-            async with kafka.consumer(self.settings, auto_offset_reset="none") as consumer:
+            async with kafka.consumer(
+                self.settings,
+                auto_offset_reset="none",
+                max_partition_fetch_bytes=REPLAY_FETCH_BYTES,
+            ) as consumer:
                 async for item in self._replay(consumer, fanout, Replay(fanout, answer.after)):
                     yield item
                     if not isinstance(item, bytes):
@@ -160,22 +171,23 @@ class CommittedReader:
     async def _replay(
         self, consumer: AIOKafkaConsumer, fanout: Fanout, replay: Replay
     ) -> AsyncIterator[bytes | Reset | Subscription]:
-        consumer.assign([PARTITION])
-        low, _ = await _bounds(consumer)
+        tp = self.partition
+        consumer.assign([tp])
+        low, _ = await _bounds(consumer, tp)
         start = replay.start(low)
         if isinstance(start, Reset):
             yield start
             return
-        consumer.seek(PARTITION, start)
+        consumer.seek(tp, start)
         next_offset = start
         while True:
             if (sub := replay.handover(next_offset)) is not None:
                 yield sub
                 return
             try:
-                batch = await consumer.getmany(PARTITION, timeout_ms=200, max_records=2000)
+                batch = await consumer.getmany(tp, timeout_ms=200, max_records=2000)
             except OffsetOutOfRangeError:
-                low, high = await _bounds(consumer)
+                low, high = await _bounds(consumer, tp)
                 if next_offset > high:
                     yield Reset(f"position {replay.after.at(None)} is gone: {RECREATED}")
                 else:
@@ -185,9 +197,9 @@ class CommittedReader:
                         f"(its oldest record is now at offset {low})"
                     )
                 return
-            records = batch.get(PARTITION, [])
+            records = batch.get(tp, [])
             if not records:
-                end = (await consumer.end_offsets([PARTITION]))[PARTITION]
+                end = (await consumer.end_offsets([tp]))[tp]
                 if next_offset >= end:
                     with anyio.move_on_after(5):
                         await fanout.wait_past(end - 1)
@@ -199,7 +211,7 @@ class CommittedReader:
                     return
                 out = replay.feed(record.offset, _decode(record))
                 if isinstance(out, SeekBack):
-                    consumer.seek(PARTITION, out.offset)
+                    consumer.seek(tp, out.offset)
                     next_offset = out.offset
                     break
                 if out is not None:
