@@ -28,7 +28,7 @@ from feedsvc import kafka
 from feedsvc.config import Settings
 from feedsvc.relay.changefeed import ChangefeedDecodeError, Delete, Resolved, Row, decode_record
 from feedsvc.relay.fanout import Fanout, ReplayFrom, Reset, Subscription
-from feedsvc.relay.replay import Replay, SeekBack
+from feedsvc.relay.replay import Replay, ReplaysBusy, SeekBack
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,6 @@ RECREATED = "the topic was recreated"
 REPLAY_FETCH_BYTES = 256 * 1024
 """A replay's fetch size: bounds the memory of `MAX_REPLAYS` replays (aiokafka buffers a
 fetch ahead); a replay is read once, so large fetches buy little."""
-
-
-class ReplaysBusy(Exception):
-    """Every replay slot is taken: the client should retry later."""
 
 
 def _decode(record: Any) -> Row | Delete | Resolved | None:

@@ -29,6 +29,10 @@ from feedsvc.relay.fanout import Fanout, Reset, Subscription
 from feedsvc.relay.frames import EventId, event_frame, snapshot_frame, tag_of
 
 
+class ReplaysBusy(Exception):
+    """Every replay slot of this process is taken: the client should retry later."""
+
+
 @dataclass(frozen=True, slots=True)
 class SeekBack:
     """Read again from `offset`: the warm-up before the position had no resolved record."""

@@ -35,7 +35,7 @@ from feedsvc.messages import Message
 from feedsvc.relay.changefeed import hlc_value
 from feedsvc.relay.fanout import Ahead, Fanout, ReplayFrom, Reset, Subscription
 from feedsvc.relay.frames import PING, message_frame, reset_frame, resume_frame, retry_frame
-from feedsvc.relay.reader import ReplaysBusy
+from feedsvc.relay.replay import ReplaysBusy
 
 log = logging.getLogger(__name__)
 

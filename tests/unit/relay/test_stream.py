@@ -10,7 +10,8 @@ from feedsvc.messages import Message
 from feedsvc.relay.changefeed import hlc_value
 from feedsvc.relay.fanout import Fanout, ReplayFrom, Reset, Subscription
 from feedsvc.relay.frames import PING, parse_event_id, retry_frame
-from feedsvc.relay.reader import RECREATED, ReplaysBusy
+from feedsvc.relay.reader import RECREATED
+from feedsvc.relay.replay import ReplaysBusy
 from feedsvc.relay.stream import BUSY, BUSY_RETRY_MS, RETRY_MS, FeedStream, History
 from tests.unit.relay.helpers import message, parse, row, texts
 
