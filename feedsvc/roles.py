@@ -117,6 +117,11 @@ def _feed_metrics(metrics: Metrics, reader: CommittedReader, fanout: Fanout) -> 
         lambda: fanout.head,
     )
     metrics.gauge(
+        "feedsvc_feed_lag_cuts_total",
+        "Feed streams ended for falling behind (told to resume).",
+        lambda: fanout.lag_cuts,
+    )
+    metrics.gauge(
         "feedsvc_feed_replays",
         "Resumes older than the ring being read back from Kafka now (one consumer each).",
         lambda: reader.replays,

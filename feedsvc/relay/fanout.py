@@ -79,6 +79,8 @@ class Fanout:
         self.generation = 0
         """How many times `restart` was called: replays started before it cannot hand over."""
         self.restart_reason = ""
+        self.lag_cuts = 0
+        """Subscriptions ended for falling behind, since start."""
         self._subs: set[Subscription] = set()
         self._start(low, high)
         # Subscribers waiting for frames: one future each, in arrival order (a dict as an
@@ -111,7 +113,7 @@ class Fanout:
         self.restart_reason = reason
         for sub in list(self._subs):
             sub.reset_reason = reason
-            sub._end()
+            sub.close()
         self._start(low, high)
         self._wake_subscribers()
         self._wake_progress()
@@ -248,20 +250,17 @@ class Fanout:
         self._subs.add(sub)
         return sub
 
-    def _lagging(self, sub: Subscription) -> bool:
-        seq = self.log.seq
-        if sub._cursor < seq - self.ring_size:
-            return True  # its next frame has left the ring
-        if sub._waiting:
-            return False  # it is ready for more: a burst published meanwhile is not its lag
-        # Frames a resume started with are not live backlog; count only what came since.
-        return seq - max(sub._cursor, sub._start) > self.buffer_size
+    def leave(self, sub: Subscription) -> None:
+        """Forget a subscription that ended (it stops counting as a subscriber)."""
+        self._subs.discard(sub)
+        self._wake_subscribers()
 
     def _sweep(self) -> None:
         # Amortised O(subscribers / (buffer_size / 2)) per event: finds a stuck subscriber
         # within half a buffer of overflowing, without touching every one on every event.
-        for sub in [s for s in self._subs if self._lagging(s)]:
-            sub._mark_lagging()
+        seq = self.log.seq
+        for sub in [s for s in self._subs if s.behind(seq, self.ring_size, self.buffer_size)]:
+            sub.mark_lagging()
 
     def _wake_subscribers(self) -> None:
         if self._waiters:
@@ -275,7 +274,7 @@ class Fanout:
             self._progress.set()
             self._progress = None
 
-    async def _wait_changed(self, seconds: float | None = None) -> bool:
+    async def wait_changed(self, seconds: float | None = None) -> bool:
         """Wait for the next wake-up (True) or, given `seconds`, that long at most (False).
 
         Note: a plain loop timer, not a cancel scope: a heartbeat timeout on every wait of
@@ -377,14 +376,14 @@ class Subscription:
             self.reset_reason = self.reset_reason or "the feed restarted"
             self._end()
             return []
-        if self._lagging or fan._lagging(self):
+        if self._lagging or self.behind(fan.log.seq, fan.ring_size, fan.buffer_size):
             self._lagging = True
             self._end()
             return [resume_frame(self.last_id, "the client fell behind; reconnect to resume")]
         log = fan.log
         end = log.seq
         if self._cursor >= end:
-            if fan._closed:
+            if fan.closed:
                 self._end()
             return []
         if self.snapshot is None:
@@ -416,7 +415,7 @@ class Subscription:
                 return None
             self._waiting = True
             try:
-                await self._fanout._wait_changed(timeout)
+                await self._fanout.wait_changed(timeout)
             finally:
                 self._waiting = False
                 # What was published while it waited (or was woken but not yet running)
@@ -426,8 +425,17 @@ class Subscription:
     def close(self) -> None:
         """End the stream now and leave the fanout (the client went away)."""
         if not self._ended:
-            self._end()
-            self._fanout._wake_subscribers()
+            self._ended = True
+            self._fanout.leave(self)
+
+    def behind(self, seq: int, ring_size: int, buffer_size: int) -> bool:
+        """Whether it lags, the log's next sequence number being `seq`."""
+        if self._cursor < seq - ring_size:
+            return True  # its next frame has left the ring
+        if self._waiting:
+            return False  # it is ready for more: a burst published meanwhile is not its lag
+        # Frames a resume started with are not live backlog; count only what came since.
+        return seq - max(self._cursor, self._start) > buffer_size
 
     def __aiter__(self) -> Subscription:
         return self
@@ -438,13 +446,14 @@ class Subscription:
             raise StopAsyncIteration
         return frames
 
-    def _mark_lagging(self) -> None:
+    def mark_lagging(self) -> None:
+        """It fell behind: leave the fanout; its next `take` is the `resume` frame."""
         self._lagging = True
-        self._fanout._subs.discard(self)
-        self._fanout._wake_subscribers()
+        self._fanout.lag_cuts += 1
+        self._fanout.leave(self)
         if self.on_lag is not None:
             self.on_lag()
 
     def _end(self) -> None:
         self._ended = True
-        self._fanout._subs.discard(self)
+        self._fanout.leave(self)

@@ -97,7 +97,7 @@ class FeedStream:
             if isinstance(answer, ReplayFrom):
                 try:
                     replayed = self._replay(fanout, answer)
-                    answer = Reset("unreachable")
+                    answer = Reset("the replay ended before reaching the live feed")
                     async for item in replayed:
                         if isinstance(item, bytes):
                             yield item

@@ -258,9 +258,15 @@ async def test_lagging_client_that_still_reads_is_told_to_resume(
         async with open_feed(replica, {"limit": 0}, transport=small_window) as slow:
 
             async def fall_behind_then_read() -> None:
-                # Not reading while 900 posts stream in fills the sockets and the server's
-                # write buffer (~90 KiB in all): the server's write blocks, the client lags.
-                await wait_for(_count_of(posted), lambda n: n >= 900, 120, "900 posts")
+                # Not reading while posts stream in fills the sockets and the server's write
+                # buffer (~90 KiB in all): the server's write blocks and the client lags.
+                async with httpx.AsyncClient(base_url=replica) as http:
+                    await wait_for(
+                        lambda: _gauge(http, "feedsvc_feed_lag_cuts_total"),
+                        lambda n: n >= 1,
+                        120,
+                        "the client to be found lagging",
+                    )
                 with anyio.fail_after(60):
                     while (event := await slow.next(30)) is not None:
                         if event.event != "comment":
