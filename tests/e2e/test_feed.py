@@ -11,6 +11,9 @@ from contextlib import asynccontextmanager, contextmanager
 
 import anyio
 import httpx
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 from local_stack import Service, Stack, free_port
 
 from tests.support import SseEvent, SseReader, native_only, post_many, stored_ids, wait_for
@@ -374,6 +377,40 @@ async def test_history_is_never_sent_again_live_or_after_a_resume(
             async with open_feed(url, headers={"Last-Event-ID": history_id}) as sse:
                 assert ids_of(await sse.messages(2)) == after
                 assert ids_of(await quiet_for(sse, 1)) == []
+
+
+@native_only  # deletes and recreates the topic of its own stack
+@pytest.mark.slow
+async def test_recreated_topic_resets_streams_and_the_api_lives_on(
+    make_stack: Callable[..., Stack], author: str
+) -> None:
+    """`messages.committed` recreated under a running api: open streams get `reset` ("the
+    topic was recreated"), then new messages; the api keeps serving."""
+    own = make_stack()
+    async with httpx.AsyncClient(base_url=own.api_url, timeout=30) as http:
+        async with open_feed(own.api_url, {"limit": 0}) as sse:
+            before = await post_many(http, author, 3, "before")
+            assert ids_of(await sse.messages(3)) == before
+            admin = AIOKafkaAdminClient(bootstrap_servers=own.kafka_bootstrap)
+            await admin.start()
+            try:
+                await admin.delete_topics(["messages.committed"])
+                with anyio.fail_after(30):
+                    while True:
+                        try:
+                            await admin.create_topics([NewTopic("messages.committed", 1, 1)])
+                            break
+                        except KafkaError:  # the deletion is still going on
+                            await anyio.sleep(0.5)
+            finally:
+                await admin.close()
+            reset = await sse.messages(1, within=60)
+            assert reset[0].event == "reset"
+            assert reset[0].json()["reason"] == "the topic was recreated"
+            after = await post_many(http, author, 2, "after")
+            got = await sse.messages(2, within=60)
+            assert ids_of(got) == after
+        assert (await http.get("/health/live")).status_code == 200
 
 
 async def test_pagination_walks_everything_while_posts_arrive(
