@@ -54,6 +54,9 @@ class Fanout:
     the relay reads from `start_offset` (warming the deduper) and serves subscribers once
     it has consumed up to `high` and its dedupe decisions are those of every other reader
     (`Deduper.exact_at`); until then `ready` is False and `subscribe` answers `Ahead`.
+    Note: exactness needs a resolved record at or after `start_offset`; a changefeed emits
+    one every second, but if none is in the warm-up window (the changefeed is down) the
+    relay stays not ready until the next one arrives.
     """
 
     def __init__(
