@@ -166,7 +166,7 @@ async def test_recreated_topic_resets_subscribers_and_the_reader_goes_on(
             assert isinstance(sub, Subscription)
             assert sub.take() == [] and sub.ended
             assert sub.reset_reason == RECREATED
-        await _until(lambda: fanout.ready, 60, "the relay to serve the new topic")
+        await _until(lambda: fanout.ready and fanout.head >= 21, 60, "the new topic read")
         fresh = fanout.subscribe("-1")
         assert isinstance(fresh, Subscription)
         assert len(_offsets(fresh.take())) == 20
