@@ -19,6 +19,7 @@ from feedsvc.http.submit import Submitter
 from feedsvc.ingest.deadletters import DeadLetters
 from feedsvc.ingest.writer import Writer
 from feedsvc.metrics import Metrics
+from feedsvc.relay.fanout import Fanout
 from feedsvc.relay.reader import CommittedReader
 from feedsvc.store import MessageStore, open_pool
 
@@ -46,8 +47,8 @@ async def api(settings: Settings) -> None:
         progress = kafka.WriterProgress(admin_client, offsets)
         tasks.start_soon(admission.watch_backlog, progress, settings.backlog_refresh_s)
         reader = CommittedReader(settings)
-        await tasks.start(reader.run)
-        _feed_metrics(metrics, reader)
+        fanout: Fanout = await tasks.start(reader.run)
+        _feed_metrics(metrics, reader, fanout)
         parts = ApiParts(
             settings=settings,
             store=MessageStore(pool),
@@ -55,9 +56,10 @@ async def api(settings: Settings) -> None:
             admission=admission,
             metrics=metrics,
             reader=reader,
+            fanout=fanout,
         )
         server = _Server(
-            reader,
+            fanout,
             uvicorn.Config(
                 create_app(parts),
                 host=settings.host,
@@ -81,16 +83,15 @@ async def api(settings: Settings) -> None:
 class _Server(uvicorn.Server):
     """uvicorn that, on SIGTERM, first ends every feed stream so clients reconnect elsewhere."""
 
-    def __init__(self, reader: CommittedReader, config: uvicorn.Config) -> None:
+    def __init__(self, fanout: Fanout, config: uvicorn.Config) -> None:
         super().__init__(config)
-        self.reader = reader
+        self.fanout = fanout
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
-        if self.reader.fanout is not None:
-            # Runs in the signal handler, between two steps of the event loop's thread;
-            # closing only sets flags and wakes waiters.
-            self.reader.fanout.close()
+        # Runs in the signal handler, between two steps of the event loop's thread;
+        # closing only sets flags and wakes waiters.
+        self.fanout.close()
 
 
 def _listen(settings: Settings) -> socket.socket:
@@ -108,17 +109,38 @@ def _listen(settings: Settings) -> socket.socket:
     return sock
 
 
-def _feed_metrics(metrics: Metrics, reader: CommittedReader) -> None:
+def _feed_metrics(metrics: Metrics, reader: CommittedReader, fanout: Fanout) -> None:
     metrics.counter("feedsvc_feed_turned_away_total", "Feed streams refused with a retry hint.")
-    metrics.gauge(
-        "feedsvc_feed_subscribers",
-        "Open feed streams.",
-        lambda: reader.fanout.subscribers if reader.fanout else 0,
-    )
+    metrics.gauge("feedsvc_feed_subscribers", "Open feed streams.", lambda: fanout.subscribers)
     metrics.gauge(
         "feedsvc_feed_head_offset",
         "Next offset of messages.committed to read.",
-        lambda: reader.fanout.head if reader.fanout else None,
+        lambda: fanout.head,
+    )
+    metrics.gauge(
+        "feedsvc_feed_lag_cuts_total",
+        "Feed streams ended for falling behind (told to resume).",
+        lambda: fanout.lag_cuts,
+    )
+    metrics.gauge(
+        "feedsvc_feed_replays",
+        "Resumes older than the ring being read back from Kafka now (one consumer each).",
+        lambda: reader.replays,
+    )
+    metrics.gauge(
+        "feedsvc_feed_replays_max",
+        "Replays allowed at once; a resume beyond it gets a retry hint.",
+        lambda: reader.max_replays,
+    )
+    metrics.gauge(
+        "feedsvc_feed_replays_refused_total",
+        "Resumes answered with a retry hint because every replay slot was taken.",
+        lambda: reader.replays_refused,
+    )
+    metrics.gauge(
+        "feedsvc_feed_restarts_total",
+        "Times the topic lost the relay's position (recreated, or retention) and it restarted.",
+        lambda: reader.restarts,
     )
     metrics.gauge(
         "feedsvc_feed_events_total",

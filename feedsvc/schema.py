@@ -31,6 +31,13 @@ POSTGRES_SCHEMA = [
     """,
     # Keyset pagination walks (created_at, id) newest first.
     "CREATE INDEX IF NOT EXISTS messages_created_at_id ON messages (created_at, id)",
+    # The changefeed stand-in's commit clock (`HistorySnapshot`); one row, filled by it.
+    """
+    CREATE TABLE IF NOT EXISTS changefeed_clock (
+        one   boolean PRIMARY KEY DEFAULT true CHECK (one),
+        last  timestamptz NOT NULL
+    )
+    """,
 ]
 
 COCKROACH_SCHEMA = [
@@ -53,9 +60,57 @@ COCKROACH_SCHEMA = [
 ]
 
 
-def is_cockroach(conn: psycopg.Connection[Any]) -> bool:
+def is_cockroach(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
     """Whether the server on the other end is CockroachDB."""
     return CrdbConnection.is_crdb(conn)
+
+
+# --- The history's snapshot time T, comparable with the changefeed's `updated` ---
+#
+# `GET /feed` reads the latest messages and T in one transaction such that every row the
+# read sees has `updated` <= T and every row it does not see has `updated` > T
+# (feedsvc.relay.stream relies on it to hand over from history to live).
+
+CHANGEFEED_CLOCK_LOCK = 0x66656564
+"""The advisory lock (PostgreSQL) ordering the stand-in's commit stamps and history reads."""
+
+
+class HistorySnapshot(msgspec.Struct, frozen=True):
+    """The dialect of the history read: what runs before it, and how T is read."""
+
+    begin: tuple[str, ...]
+    """Statements run first in the read's transaction."""
+    snapshot_time: str
+    """One row, one column: T as an HLC string `<wall ns>.<logical>` (or a timestamptz)."""
+
+
+COCKROACH_SNAPSHOT = HistorySnapshot(
+    # A SERIALIZABLE transaction reads at one MVCC timestamp, and cluster_logical_timestamp()
+    # is that transaction's commit timestamp (the one its reads are valid at, refreshes
+    # included: https://github.com/cockroachdb/cockroach/pull/41438), the same HLC the
+    # changefeed puts in `updated`. It refuses weaker isolation levels.
+    # https://www.cockroachlabs.com/docs/stable/functions-and-operators#system-info-functions
+    begin=("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",),
+    snapshot_time="SELECT cluster_logical_timestamp()::STRING",
+)
+
+POSTGRES_SNAPSHOT = HistorySnapshot(
+    # The stand-in stamps `updated` at commit, holding this lock exclusively from the stamp
+    # until its commit is visible (scripts/changefeed_standin.py). While we hold it shared
+    # no transaction that wrote `messages` can commit, so every statement after it (READ
+    # COMMITTED: each takes its snapshot when it starts, i.e. after the lock) sees every
+    # stamped row, and every later stamp is greater than `last`. (Not REPEATABLE READ: its
+    # snapshot would be taken by the locking statement itself, before the wait.)
+    begin=(f"SELECT pg_advisory_xact_lock_shared({CHANGEFEED_CLOCK_LOCK})",),
+    snapshot_time="SELECT coalesce((SELECT last FROM changefeed_clock), 'epoch'::timestamptz)",
+)
+
+
+def history_snapshot(
+    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
+) -> HistorySnapshot:
+    """The history read's dialect for the server behind `conn`."""
+    return COCKROACH_SNAPSHOT if is_cockroach(conn) else POSTGRES_SNAPSHOT
 
 
 def ensure_database(conninfo: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
 import msgspec
@@ -13,6 +13,7 @@ import psycopg
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
+from feedsvc import schema
 from feedsvc.config import Settings
 from feedsvc.messages import Message
 
@@ -23,6 +24,7 @@ from feedsvc.messages import Message
 TRANSIENT_SQLSTATES = frozenset({"40001", "40003", "XXC02"})
 
 _COLUMNS = "id, author, text, created_at"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Cursor(msgspec.Struct, frozen=True, array_like=True):
@@ -139,6 +141,40 @@ class MessageStore:
                 params,
             )
             return [_message(row) for row in await cur.fetchall()]
+
+    async def history(self, limit: int, attempts: int = 5) -> tuple[list[Message], str]:
+        """The latest `limit` messages, newest first, and the read's snapshot time T.
+
+        Note: T is exact (`feedsvc.schema.HistorySnapshot`): every message the read saw has
+        a changefeed `updated` <= T, every message it did not see has `updated` > T.
+        Returned as an HLC string `<wall ns>.<logical>`, like the changefeed's `updated`.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                async with self._pool.connection() as conn, conn.transaction():
+                    dialect = schema.history_snapshot(conn)
+                    for statement in dialect.begin:
+                        await conn.execute(statement)
+                    cur = await conn.execute(
+                        f"SELECT {_COLUMNS} FROM messages "
+                        "ORDER BY created_at DESC, id DESC LIMIT %s",
+                        (limit,),
+                    )
+                    rows = await cur.fetchall()
+                    cur2 = await conn.execute(dialect.snapshot_time)
+                    found = await cur2.fetchone()
+            except psycopg.Error as exc:
+                if attempt == attempts or not is_transient(exc):
+                    raise
+                continue
+            assert found is not None
+            value = found[0]
+            if isinstance(value, datetime):
+                # The stand-in's `updated` of a timestamptz: microseconds as nanoseconds.
+                micros = (value - _EPOCH) // timedelta(microseconds=1)
+                value = f"{micros * 1000}.0000000000"
+            return [_message(row) for row in rows], str(value)
+        raise AssertionError("unreachable")
 
     async def ping(self) -> None:
         """Raise unless the database answers a query."""

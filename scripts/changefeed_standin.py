@@ -15,20 +15,31 @@ How no committed row is ever missed, with any number of concurrent writers: a tr
 `messages` (installed idempotently at start) copies every change into the stand-in's own
 table `changefeed_outbox`; each round reads every outbox row visible now, produces them
 (acks=all) and only then deletes them. A row whose transaction commits late is simply
-still in the outbox next round, so no watermark can skip it, and the outbox is the
-stand-in's progress: a restart re-sends at most the rows produced but not yet deleted
-(at-least-once, like the changefeed).
+still in the outbox next round, and the outbox is the stand-in's progress: a restart
+re-sends at most the rows produced but not yet deleted (at-least-once, like the changefeed).
 
-A resolved timestamp T is sent only when no row with an `updated` at or before T can
-still come: T = min(now taken before the round, the start of every open writing
-transaction in this database, the oldest row left in the outbox). `updated` is the
-insert's clock_timestamp(), which is never before its transaction's start.
+`updated` is a commit timestamp, in commit order, as CockroachDB's is (PostgreSQL has no
+HLC; the insert's clock_timestamp() is not commit order): a deferred constraint trigger
+on the outbox runs at commit, takes the advisory lock `CHANGEFEED_CLOCK_LOCK` exclusively
+(held until the commit is visible) and stamps the transaction's rows with the next value
+of `changefeed_clock` (strictly increasing). So every row stamped at or before a value V
+is committed and visible once V can be read under that lock, and every later stamp is
+greater than V. The history read of `GET /feed` uses this for its exact snapshot time
+(feedsvc/schema.py, `POSTGRES_SNAPSHOT`); the resolved timestamps use it too: a round
+first advances the clock itself under the exclusive lock (R), then reads the outbox, in
+which every row stamped at or before R is now visible; once they are all sent, R is.
+
+SIGUSR1 simulates a changefeed restart: the last STANDIN_DUPLICATE_BURST rows sent (any
+number, e.g. 50,000) are sent again before anything else, and no resolved record is sent
+until they are; the next resolved is above every earlier one, as a restarted job resumes
+from its checkpoint and emits resolved timestamps only as its high-water mark advances.
 
 Environment: FEED_DATABASE_URL, FEED_KAFKA_BOOTSTRAP (see feedsvc/config.py), and
     STANDIN_POLL_S            fallback poll interval; NOTIFY wakes it sooner (1.0)
     STANDIN_RESOLVED_S        seconds between resolved records (1.0)
     STANDIN_DUPLICATE_EVERY   after every N rows, send an earlier row again (0: never)
-    STANDIN_DUPLICATE_BURST   rows SIGUSR1 sends again, as a changefeed restart would (20)
+    STANDIN_DUPLICATE_BURST   rows SIGUSR1 sends again, as a changefeed restart would (20;
+                              the stand-in keeps that many recent rows in memory)
     STANDIN_TOPIC             the topic to produce to (messages.committed; tests isolate)
 Rows committed before the first start are not sent (as with `initial_scan = 'no'`).
 SIGUSR1 re-sends the last STANDIN_DUPLICATE_BURST rows; SIGTERM/SIGINT stop it cleanly.
@@ -56,6 +67,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from feedsvc.config import load_settings
+from feedsvc.schema import CHANGEFEED_CLOCK_LOCK
 
 TOPIC = "messages.committed"
 CHANNEL = "changefeed_outbox"
@@ -74,9 +86,23 @@ INSTALL = [
         author      text,
         text        text,
         created_at  timestamptz,
-        at          timestamptz NOT NULL DEFAULT clock_timestamp()
+        at          timestamptz,               -- the commit stamp, set at commit
+        xid         bigint NOT NULL DEFAULT txid_current()
     )
     """,
+    # An outbox made by an older stand-in stamped at insert time.
+    "ALTER TABLE changefeed_outbox ALTER COLUMN at DROP NOT NULL, ALTER COLUMN at DROP DEFAULT",
+    "ALTER TABLE changefeed_outbox ADD COLUMN IF NOT EXISTS xid bigint NOT NULL"
+    " DEFAULT txid_current()",
+    "CREATE INDEX IF NOT EXISTS changefeed_outbox_xid ON changefeed_outbox (xid)",
+    # Also in feedsvc/schema.py (the api reads it); here too so the stand-in runs alone.
+    """
+    CREATE TABLE IF NOT EXISTS changefeed_clock (
+        one   boolean PRIMARY KEY DEFAULT true CHECK (one),
+        last  timestamptz NOT NULL
+    )
+    """,
+    "INSERT INTO changefeed_clock (last) VALUES (clock_timestamp()) ON CONFLICT DO NOTHING",
     """
     CREATE OR REPLACE FUNCTION changefeed_capture() RETURNS trigger
     LANGUAGE plpgsql AS $$
@@ -98,19 +124,46 @@ INSTALL = [
     AFTER INSERT OR UPDATE OR DELETE ON messages
     FOR EACH ROW EXECUTE FUNCTION changefeed_capture()
     """,
+    # Runs at commit (deferred), once per transaction: the lock is held until the commit
+    # is visible (transaction-level advisory locks are released at its end).
+    f"""
+    CREATE OR REPLACE FUNCTION changefeed_stamp() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        stamp timestamptz;
+    BEGIN
+        IF current_setting('changefeed.stamped', true) = txid_current()::text THEN
+            RETURN NULL;
+        END IF;
+        PERFORM pg_advisory_xact_lock({CHANGEFEED_CLOCK_LOCK});
+        UPDATE changefeed_clock
+           SET last = greatest(clock_timestamp(), last + interval '1 microsecond')
+        RETURNING last INTO stamp;
+        UPDATE changefeed_outbox SET at = stamp WHERE xid = txid_current() AND at IS NULL;
+        PERFORM set_config('changefeed.stamped', txid_current()::text, true);
+        RETURN NULL;
+    END
+    $$
+    """,
+    # No CREATE OR REPLACE for constraint triggers.
+    "DROP TRIGGER IF EXISTS changefeed_stamp ON changefeed_outbox",
+    """
+    CREATE CONSTRAINT TRIGGER changefeed_stamp
+    AFTER INSERT ON changefeed_outbox DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION changefeed_stamp()
+    """,
 ]
 
-# The open writing transactions of this database, read before the outbox so that any
-# row not visible to the outbox read belongs to one of them or starts after `now`.
-OPEN_WRITERS = """
-    SELECT clock_timestamp() AS now,
-           (SELECT min(xact_start) FROM pg_stat_activity
-             WHERE datname = current_database() AND backend_xid IS NOT NULL
-               AND pid <> pg_backend_pid()) AS oldest
+# Advance the commit clock as a writer would; once this commits, every row stamped at or
+# before the value returned is committed and visible (see the module docstring).
+TICK = """
+    UPDATE changefeed_clock
+       SET last = greatest(clock_timestamp(), last + interval '1 microsecond')
+    RETURNING last
 """
 READ_OUTBOX = """
     SELECT seq, id, op, author, text, created_at, at
-      FROM changefeed_outbox ORDER BY seq LIMIT %s
+      FROM changefeed_outbox ORDER BY at, seq LIMIT %s
 """
 
 
@@ -202,10 +255,11 @@ class Standin:
         self.options = options
         self.stopping = asyncio.Event()
         self.wake = asyncio.Event()
-        self._recent: deque[tuple[bytes, bytes]] = deque(maxlen=1000)
+        self._recent: deque[tuple[bytes, bytes]] = deque(maxlen=max(1000, options.duplicate_burst))
         self._since_duplicate = 0
         self._burst = 0
         self._last_resolved: datetime | None = None
+        self._pending: datetime | None = None
         self._next_resolved = 0.0
         self.rows_sent = 0
 
@@ -273,9 +327,9 @@ class Standin:
 
     async def round(self, conn: psycopg.AsyncConnection[Any], producer: AIOKafkaProducer) -> bool:
         """Send every visible outbox row, then maybe a resolved record; True if more wait."""
-        cur = await conn.execute(OPEN_WRITERS)
-        now, oldest_writer = await cur.fetchone() or (None, None)
-        assert now is not None
+        resolved = self._pending
+        if resolved is None and time.monotonic() >= self._next_resolved:
+            resolved = await tick(conn)  # before the read: every row stamped <= it is visible
         cur = await conn.execute(READ_OUTBOX, (BATCH,))
         rows = await cur.fetchall()
         sends = []
@@ -296,6 +350,7 @@ class Standin:
                 dup_key, dup_value = random.choice(self._recent)
                 sends.append(await producer.send(self.options.topic, value=dup_value, key=dup_key))
         if self._burst:
+            # A restart: the recent rows again, all before the next resolved record.
             for key, value in list(self._recent)[-self._burst :]:
                 sends.append(await producer.send(self.options.topic, value=value, key=key))
             self._burst = 0
@@ -306,17 +361,14 @@ class Standin:
             )
             self.rows_sent += len(rows)
         full = len(rows) == BATCH
-        if not full and time.monotonic() >= self._next_resolved:
-            await self._resolve(producer, now, oldest_writer)
+        # Every row stamped at or before `resolved` was visible to the read: once none is
+        # left unread (the batch was not full), they are all in Kafka.
+        self._pending = resolved if full else None
+        if resolved is not None and not full:
+            await self._resolve(producer, resolved)
         return full
 
-    async def _resolve(
-        self, producer: AIOKafkaProducer, now: datetime, oldest_writer: datetime | None
-    ) -> None:
-        # Every visible row has been sent (the batch was not full), so only open writers
-        # and rows after `now` can still come.
-        resolved = now if oldest_writer is None else min(now, oldest_writer)
-        resolved -= timedelta(microseconds=1)  # strictly before any such row's `updated`
+    async def _resolve(self, producer: AIOKafkaProducer, resolved: datetime) -> None:
         if self._last_resolved is not None and resolved <= self._last_resolved:
             return
         partitions = sorted(await producer.partitions_for(self.options.topic) or {0})
@@ -328,6 +380,22 @@ class Standin:
         await asyncio.gather(*sent)
         self._last_resolved = resolved
         self._next_resolved = time.monotonic() + self.options.resolved_s
+
+
+async def tick(conn: psycopg.AsyncConnection[Any]) -> datetime:
+    """Advance the commit clock as a committing writer would; returns the new value.
+
+    Note: once this transaction commits, every row stamped at or before the value is
+    committed and visible (their writers held the lock until then) and every later stamp
+    is greater.
+    """
+    async with conn.transaction():
+        await conn.execute(f"SELECT pg_advisory_xact_lock({CHANGEFEED_CLOCK_LOCK})")
+        cur = await conn.execute(TICK)
+        row = await cur.fetchone()
+    assert row is not None
+    value: datetime = row[0]
+    return value
 
 
 async def install(conn: psycopg.AsyncConnection[Any]) -> bool:

@@ -15,6 +15,7 @@ from feedsvc.http.admission import Admission
 from feedsvc.http.errors import exception_handlers
 from feedsvc.http.submit import Submitter
 from feedsvc.metrics import Metrics
+from feedsvc.relay.fanout import Fanout
 from feedsvc.relay.reader import CommittedReader
 from feedsvc.store import MessageStore
 
@@ -29,6 +30,7 @@ class ApiParts:
     admission: Admission
     metrics: Metrics
     reader: CommittedReader
+    fanout: Fanout
 
 
 def _provide(value: Any) -> Provide:
@@ -55,6 +57,7 @@ def create_app(parts: ApiParts) -> Litestar:
             "metrics": _provide(parts.metrics),
             "settings": _provide(parts.settings),
             "reader": _provide(parts.reader),
+            "fanout": _provide(parts.fanout),
         },
         exception_handlers=exception_handlers(),
         openapi_config=OpenAPIConfig(title="feedsvc", version="1.0.0", path="/schema"),

@@ -1,9 +1,12 @@
-"""`GET /feed`: the latest messages, then every new one, live, over Server-Sent Events."""
+"""`GET /feed`: the latest messages, then every new one, live, over Server-Sent Events.
+
+The protocol (history, live, resume, reset) is `feedsvc.relay.stream`; this module keeps
+the HTTP side: query parameters, the busy answer, headers, and the connection's lifetime.
+"""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator
+import asyncio
 from typing import Annotated, Any
 
 import anyio
@@ -13,20 +16,18 @@ from litestar.response import Stream
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from feedsvc.config import Settings
-from feedsvc.messages import Message
 from feedsvc.metrics import Metrics
-from feedsvc.relay.fanout import Ahead, Fanout, ReplayFrom, Reset, Subscription
-from feedsvc.relay.frames import PING, message_frame, reset_frame, resume_frame, retry_frame
+from feedsvc.relay.fanout import Fanout
 from feedsvc.relay.reader import CommittedReader
+from feedsvc.relay.stream import BUSY, FeedStream
 from feedsvc.store import MessageStore
 
-log = logging.getLogger(__name__)
-
-RETRY_MS = 2000
-"""How long a browser waits before reconnecting after the stream ends."""
-BUSY_RETRY_MS = 10_000
-"""The reconnect delay we ask for when this process has no room for another stream."""
-_CUT = "feedsvc.feed.cut"
+LAG_GRACE_S = 10.0
+"""How long a client cut for lagging has to take its pending write and the `resume` frame
+before its connection is dropped without it. The pending write returns once the server's
+write buffer (64 KiB in uvloop) drains to its low-water mark (16 KiB): seconds even for a
+slow reader; only a socket that takes nothing at all waits the whole time."""
+_LIFETIME = "feedsvc.feed.lifetime"
 
 SSE_HEADERS = {
     "Cache-Control": "no-cache",
@@ -35,19 +36,44 @@ SSE_HEADERS = {
 }
 
 
-def lag_cutoff(app: ASGIApp) -> ASGIApp:
-    """Middleware of `/feed`: lets a stream be cut while it is stuck writing to a client.
+class _Lifetime:
+    """What ends with the connection: the stream's subscription, and the lag cut."""
 
-    Note: a client that stops reading leaves our write blocked on its full socket;
-    the fanout detects it is lagging and calls `on_lag`, which cancels the whole
-    request here, so uvicorn drops the connection. The client resumes from its
-    Last-Event-ID like after any disconnect.
+    def __init__(self, cut: anyio.CancelScope) -> None:
+        self.cut = cut
+        self.stream: FeedStream | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def on_lag(self) -> None:
+        # Called when the fanout finds the client lagging, maybe while our write to it is
+        # blocked on its full socket. If that write completes soon, the stream sends
+        # `resume` and ends by itself; if not, the socket is stuck: drop the connection.
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(LAG_GRACE_S, self.cut.cancel)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.stream is not None:
+            self.stream.close()
+
+
+def feed_lifetime(app: ASGIApp) -> ASGIApp:
+    """Middleware of `/feed`: ties the stream's subscription to the connection.
+
+    Note: the subscription is released as soon as the response ends for any reason
+    (the client disconnected: Litestar cancels the stream on `http.disconnect`; the
+    stream ended; the lag cut), not when the stream's generator is garbage-collected.
     """
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         with anyio.CancelScope() as cut:
-            scope.setdefault("state", {})[_CUT] = cut
-            await app(scope, receive, send)
+            lifetime = _Lifetime(cut)
+            scope.setdefault("state", {})[_LIFETIME] = lifetime
+            try:
+                await app(scope, receive, send)
+            finally:
+                lifetime.close()
 
     return middleware
 
@@ -58,10 +84,11 @@ def _last_event_id(request: Request[Any, Any, Any], query_value: str | None) -> 
     return request.headers.get("last-event-id") or query_value or None
 
 
-@get("/feed", middleware=[lag_cutoff], media_type="text/event-stream")
+@get("/feed", middleware=[feed_lifetime], media_type="text/event-stream")
 async def feed(
     request: Request[Any, Any, Any],
     reader: CommittedReader,
+    fanout: Fanout,
     store: MessageStore,
     settings: Settings,
     metrics: Metrics,
@@ -73,98 +100,19 @@ async def feed(
     Note: never answers 429/503 (a browser's EventSource gives up for good on those):
     when this process is full or not ready it answers 200 with a `retry:` hint and ends.
     """
-    fanout = reader.fanout
     # Starting (not caught up), stopping, or full: a retry hint, never an error status.
-    if (
-        fanout is None
-        or not reader.ready
-        or fanout.closed
-        or fanout.subscribers >= settings.max_subscribers
-    ):
+    if not fanout.ready or fanout.closed or fanout.subscribers >= settings.max_subscribers:
         metrics.inc("feedsvc_feed_turned_away_total")
-        return Stream(
-            [retry_frame(BUSY_RETRY_MS), b": busy, reconnect later\n\n"], headers=SSE_HEADERS
-        )
-    cut: anyio.CancelScope = request.scope["state"][_CUT]
-    events = _events(
+        return Stream(BUSY, headers=SSE_HEADERS)
+    lifetime: _Lifetime = request.scope["state"][_LIFETIME]
+    stream = FeedStream(
         fanout,
-        reader,
-        store,
-        settings,
-        _last_event_id(request, last_event_id),
-        settings.history_limit if limit is None else limit,
-        cut,
+        reader.replay,
+        store.history,
+        last_event_id=_last_event_id(request, last_event_id),
+        limit=settings.history_limit if limit is None else limit,
+        heartbeat_s=settings.heartbeat_s,
+        on_lag=lifetime.on_lag,
     )
-    return Stream(events, headers=SSE_HEADERS)
-
-
-async def _events(
-    fanout: Fanout,
-    reader: CommittedReader,
-    store: MessageStore,
-    settings: Settings,
-    last_event_id: str | None,
-    limit: int,
-    cut: anyio.CancelScope,
-) -> AsyncIterator[bytes]:
-    yield retry_frame(RETRY_MS)
-    answer = fanout.subscribe(last_event_id)
-    if isinstance(answer, Ahead):
-        # A position another replica has served but this one has not read yet.
-        with anyio.move_on_after(5):
-            await fanout.wait_past(answer.offset)
-        answer = fanout.subscribe(last_event_id)
-        if isinstance(answer, Ahead):
-            answer = Reset("Last-Event-ID is ahead of this feed: the topic was recreated")
-    if isinstance(answer, ReplayFrom):
-        sub: Subscription | None = None
-        async for item in reader.replay(answer):
-            if isinstance(item, bytes):
-                yield item
-            elif isinstance(item, Reset):
-                answer = item
-            else:
-                sub = item
-        if sub is not None:
-            answer = sub
-    if isinstance(answer, Reset):
-        log.info("feed reset", extra={"reason": answer.reason, "last_event_id": last_event_id})
-        yield reset_frame(fanout.position, answer.reason)
-        answer = fanout.subscribe(None)
-        assert isinstance(answer, Subscription)
-        last_event_id = None
-    if not isinstance(answer, Subscription):
-        raise AssertionError(f"unexpected subscription answer {answer!r}")
-    sub = answer
-    sub.on_lag = cut.cancel
-    try:
-        if last_event_id is None:
-            # DESIGN §3 handoff: subscribed first, now the history, then the live
-            # events minus those the history already had.
-            history = await store.page(limit) if limit else []
-            if history:
-                sub.exclude({m.id for m in history})
-                yield b"".join(_history_frames(sub.last_id, history))
-        async for frames in _with_heartbeats(sub, settings.heartbeat_s):
-            yield frames
-        if fanout.closed:
-            yield resume_frame(sub.last_id, "the server is shutting down; reconnect to resume")
-    finally:
-        sub.close()
-
-
-def _history_frames(position: str, newest_first: list[Message]) -> list[bytes]:
-    # History carries the live position as its id: resuming from any of it continues
-    # with what was committed after the history was read.
-    return [message_frame(position, m) for m in reversed(newest_first)]
-
-
-async def _with_heartbeats(sub: Subscription, every_s: float) -> AsyncIterator[bytes]:
-    while True:
-        frames = await sub.next_frames_within(every_s)
-        if frames is None:
-            yield PING
-            continue
-        if not frames:
-            return
-        yield b"".join(frames)
+    lifetime.stream = stream
+    return Stream(stream.frames(), headers=SSE_HEADERS)

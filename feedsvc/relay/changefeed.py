@@ -106,6 +106,18 @@ def decode_record(key: bytes | None, value: bytes | None) -> Record:
     return Row(message=message, updated=updated)
 
 
+def hlc_value(text: str) -> int:
+    """An HLC string as one integer, in the same order: wall nanoseconds, then the counter."""
+    wall, _, logical = text.partition(".")
+    return int(wall) * 10**10 + int(logical or 0)
+
+
+def hlc_text(value: int) -> str:
+    """The HLC string of `hlc_value`'s integer."""
+    wall, logical = divmod(value, 10**10)
+    return f"{wall}.{logical:010d}"
+
+
 def parse_timestamp(text: str) -> datetime:
     """A TIMESTAMPTZ as a changefeed (or PostgreSQL) renders it, as an aware UTC datetime."""
     try:

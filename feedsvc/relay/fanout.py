@@ -10,15 +10,19 @@ resume ring. A subscriber's "buffer" is how far its cursor trails the live end; 
 from __future__ import annotations
 
 import asyncio
-from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Sequence
-from collections.abc import Set as AbstractSet
+from collections.abc import Callable
 from dataclasses import dataclass
-from uuid import UUID
 
 from feedsvc.relay.changefeed import Delete, Row
-from feedsvc.relay.dedupe import Deduper, dedupe_key
-from feedsvc.relay.frames import EventId, event_frame, id_frame, parse_event_id, resume_frame
+from feedsvc.relay.dedupe import Deduper
+from feedsvc.relay.frames import (
+    EventId,
+    event_frame,
+    parse_event_id,
+    resume_frame,
+    snapshot_frame,
+)
+from feedsvc.relay.log import Entries, FrameLog
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,29 +47,16 @@ class ReplayFrom:
     after: EventId
 
 
-def without_history(
-    frames: Sequence[bytes],
-    keys: Sequence[UUID | None],
-    ids: Sequence[str],
-    history: AbstractSet[UUID],
-) -> list[bytes]:
-    """The frames, each message already sent as history replaced by an id-only frame.
-
-    Note: the id-only frame keeps the client's Last-Event-ID moving, so a reconnect does
-    not send that message again.
-    """
-    return [
-        id_frame(eid) if key is not None and key in history else frame
-        for frame, key, eid in zip(frames, keys, ids, strict=True)
-    ]
-
-
 class Fanout:
-    """Events of `messages.committed` in offset order, to every subscriber, each once.
+    """Events of `messages.committed` in changefeed order, to every subscriber, each once.
 
     `low` and `high` are the partition's earliest and end offsets when the relay starts:
-    the relay reads from `start_offset` (warming the ring and the deduper) and serves
-    subscribers once it has consumed up to `high` (until then `subscribe` answers `Ahead`).
+    the relay reads from `start_offset` (warming the deduper) and serves subscribers once
+    it has consumed up to `high` and its dedupe decisions are those of every other reader
+    (`Deduper.exact_at`); until then `ready` is False and `subscribe` answers `Ahead`.
+    Note: exactness needs a resolved record at or after `start_offset`; a changefeed emits
+    one every second, but if none is in the warm-up window (the changefeed is down) the
+    relay stays not ready until the next one arrives.
     """
 
     def __init__(
@@ -88,24 +79,13 @@ class Fanout:
         self.ring_size = ring_size
         self.buffer_size = buffer_size
         self.dedupe_window = window
-        self.start_offset = max(low, high - window - ring_size)
-        # Dedupe decisions are the same as every other process's only once the deduper
-        # has seen a whole window (or the topic from its start): frames begin there.
-        self._exact_from = (
-            self.start_offset if self.start_offset == low else self.start_offset + window
-        )
-        self.ready_at = high
-        self._dedupe = Deduper(window)
-        # The log: parallel lists, index i holds frame number `_base + i`.
-        self._frames: list[bytes] = []
-        self._ids: list[str] = []
-        self._offsets: list[int] = []
-        self._keys: list[UUID | None] = []
-        self._base = 0
-        self._seq = 0
-        self._evicted_floor = self._exact_from
-        self._head = self.start_offset
+        self.generation = 0
+        """How many times `restart` was called: replays started before it cannot hand over."""
+        self.restart_reason = ""
+        self.lag_cuts = 0
+        """Subscriptions ended for falling behind, since start."""
         self._subs: set[Subscription] = set()
+        self._start(low, high)
         # Subscribers waiting for frames: one future each, in arrival order (a dict as an
         # ordered set), so that each can also wait with a timeout of its own.
         self._waiters: dict[asyncio.Future[bool], None] = {}
@@ -114,21 +94,62 @@ class Fanout:
         self._until_sweep = self._sweep_every
         self._closed = False
 
+    def _start(self, low: int, high: int) -> None:
+        self.start_offset = max(low, high - self.dedupe_window - self.ring_size)
+        self.ready_at = high
+        # A reader starting at the partition's earliest offset has seen all there is.
+        start = 0 if self.start_offset == low else self.start_offset
+        self._dedupe = Deduper(self.dedupe_window, start)
+        exact_from = self._dedupe.exact_from
+        self.log = FrameLog(self.ring_size, self.start_offset if exact_from is None else exact_from)
+        """The recent events (read-only outside the relay)."""
+        self._floor_known = exact_from is not None
+        self._head = self.start_offset
+
+    def restart(self, low: int, high: int, reason: str) -> None:
+        """Start over from a partition whose bounds are now `low .. high` (our position was
+        lost: the topic was recreated, or retention deleted records not yet read).
+
+        Note: every subscription ends with `reset_reason` set; read from `start_offset`.
+        """
+        self.generation += 1
+        self.restart_reason = reason
+        for sub in list(self._subs):
+            sub.reset_reason = reason
+            sub.close()
+        self._start(low, high)
+        self._wake_subscribers()
+        self._wake_progress()
+
     @property
     def head(self) -> int:
         """The next offset this fanout expects."""
         return self._head
 
     @property
-    def floor(self) -> int:
-        """The ring holds every event at offsets `floor .. head - 1`."""
-        evicted = len(self._offsets) - self.ring_size
-        return self._offsets[evicted - 1] + 1 if evicted > 0 else self._evicted_floor
+    def ready(self) -> bool:
+        """Whether it has caught up with `high` and decides exactly (subscribers welcome)."""
+        return self._head >= self.ready_at and self._dedupe.exact_at(self._head)
 
     @property
-    def position(self) -> str:
-        """The event id of the newest event (history sent now carries it), or `head - 1`."""
-        return self._ids[-1] if self._ids else str(self._head - 1)
+    def floor(self) -> int:
+        """The ring holds every event at offsets `floor .. head - 1`."""
+        return self.log.floor if self._floor_known else self._head
+
+    @property
+    def resolved(self) -> int | None:
+        """The highest resolved timestamp read so far (an `hlc_value`)."""
+        return self._dedupe.resolved
+
+    @property
+    def position(self) -> EventId:
+        """The position of the newest event, or `head - 1` when there is none."""
+        last = self.log.last_id
+        if last is None:
+            return EventId(self._head - 1, None)
+        parsed = parse_event_id(last)
+        assert parsed is not None
+        return parsed
 
     @property
     def closed(self) -> bool:
@@ -141,26 +162,20 @@ class Fanout:
         return len(self._subs)
 
     def publish(self, offset: int, event: Row | Delete) -> bool:
-        """Deliver a row or delete at `offset`; False when it is a changefeed duplicate.
+        """Deliver a row or delete at `offset`; False when it is a changefeed repeat.
 
-        Note: call in offset order, once per record (resolved and undecodable records go to
-        `advance`). O(1) in the number of subscribers.
+        Note: call in offset order, once per record (resolved records go to `resolve`,
+        undecodable ones to `advance`). O(1) in the number of subscribers.
         """
         if offset < self._head:
             raise ValueError(f"offset {offset} is behind the head {self._head}")
         self._head = offset + 1
-        key = dedupe_key(event)
-        if self._dedupe.is_duplicate(offset, key) or offset < self._exact_from:
+        resolved_before = self._dedupe.resolved
+        if self._dedupe.is_duplicate(offset, event) or not self._dedupe.exact_at(offset):
             self._wake_progress()
             return False
         eid, frame = event_frame(offset, event)
-        self._frames.append(frame)
-        self._ids.append(eid)
-        self._offsets.append(offset)
-        self._keys.append(event.message.id if isinstance(event, Row) else None)
-        self._seq += 1
-        if len(self._frames) >= 2 * self.ring_size:
-            self._compact()
+        self.log.append(offset, event, eid, frame, resolved_before)
         self._wake_subscribers()
         self._wake_progress()
         self._until_sweep -= 1
@@ -169,8 +184,18 @@ class Fanout:
             self._sweep()
         return True
 
+    def resolve(self, offset: int, hlc: str) -> None:
+        """Move past a resolved record: rows at or below `hlc` are repeats from now on."""
+        if offset < self._head:
+            raise ValueError(f"offset {offset} is behind the head {self._head}")
+        self._dedupe.see_resolved(offset, hlc)
+        if not self._floor_known and (exact_from := self._dedupe.exact_from) is not None:
+            self.log.move_floor(exact_from)
+            self._floor_known = True
+        self.advance(offset)
+
     def advance(self, offset: int) -> None:
-        """Move past a record that is not an event (resolved, or undecodable and skipped)."""
+        """Move past a record that is not an event (undecodable and skipped)."""
         if offset >= self._head:
             self._head = offset + 1
             self._wake_progress()
@@ -178,39 +203,38 @@ class Fanout:
     def subscribe(self, last_event_id: str | None) -> Subscription | ReplayFrom | Ahead | Reset:
         """Start a stream after `last_event_id`, or at the live end when None.
 
-        Note: a new (None) subscription's `last_id` is the id to put on history events.
+        Note: a new (None) subscription's `position` is where history is read from: call
+        `start_snapshot` with the history's snapshot time for the history events' id.
         """
         if self._closed:
             raise RuntimeError("the fanout is closed")
-        if self._head < self.ready_at:
-            return Ahead(self.ready_at - 1)
+        if not self.ready:
+            return Ahead(max(self.ready_at, self._head) - 1)
         if last_event_id is None:
-            return self._attach(len(self._frames), self.position)
+            return self._attach(self.log.seq, self.position)
         after = parse_event_id(last_event_id)
         if after is None:
-            return Reset("Last-Event-ID is not a position of this feed")
+            return Reset("unknown position: Last-Event-ID is not a position of this feed")
         if after.offset >= self._head:
             return Ahead(after.offset)
         floor = self.floor
         if after.tag is None:
             if after.offset < floor - 1:
                 return ReplayFrom(after)
-            return self.subscribe_after(after.offset, str(after))
+            return self.subscribe_after(after.offset, after)
         if after.offset < floor:
             # The record at that offset left the ring: only Kafka can check the tag.
             return ReplayFrom(after)
-        start = max(0, len(self._offsets) - self.ring_size)
-        i = bisect_left(self._offsets, after.offset, lo=start)
-        if i == len(self._offsets) or self._ids[i] != str(after):
-            return Reset(f"no event {after} in this feed: the topic was recreated")
-        return self._attach(i + 1, str(after))
+        found = self.log.find(after.offset)
+        if found is None or found[1] != str(after.at(None)):
+            return Reset(f"no event {after.at(None)} in this feed: the topic was recreated")
+        return self._attach(found[0] + 1, after)
 
-    def subscribe_after(self, offset: int, last_id: str) -> Subscription:
+    def subscribe_after(self, offset: int, last: EventId) -> Subscription:
         """A subscription starting after `offset`, which must be `floor - 1 .. head - 1`."""
         if not self.floor - 1 <= offset < self._head:
             raise ValueError(f"offset {offset} is outside the ring")
-        start = max(0, len(self._offsets) - self.ring_size)
-        return self._attach(bisect_right(self._offsets, offset, lo=start), last_id)
+        return self._attach(self.log.seq_after(offset), last)
 
     async def wait_past(self, offset: int) -> None:
         """Return once the record at `offset` has been consumed (bound it with a timeout)."""
@@ -224,31 +248,22 @@ class Fanout:
         self._closed = True
         self._wake_subscribers()
 
-    def _attach(self, index: int, last_id: str) -> Subscription:
-        sub = Subscription(self, self._base + index, last_id)
+    def _attach(self, seq: int, last: EventId) -> Subscription:
+        sub = Subscription(self, seq, last)
         self._subs.add(sub)
         return sub
 
-    def _lagging(self, sub: Subscription) -> bool:
-        if sub._cursor < self._seq - self.ring_size:
-            return True  # its next frame has left the ring
-        if sub._waiting:
-            return False  # it is ready for more: a burst published meanwhile is not its lag
-        # Frames a resume started with are not live backlog; count only what came since.
-        return self._seq - max(sub._cursor, sub._start) > self.buffer_size
+    def leave(self, sub: Subscription) -> None:
+        """Forget a subscription that ended (it stops counting as a subscriber)."""
+        self._subs.discard(sub)
+        self._wake_subscribers()
 
     def _sweep(self) -> None:
         # Amortised O(subscribers / (buffer_size / 2)) per event: finds a stuck subscriber
         # within half a buffer of overflowing, without touching every one on every event.
-        for sub in [s for s in self._subs if self._lagging(s)]:
-            sub._mark_lagging()
-
-    def _compact(self) -> None:
-        drop = len(self._frames) - self.ring_size
-        self._evicted_floor = self._offsets[drop - 1] + 1
-        for log in (self._frames, self._ids, self._offsets, self._keys):
-            del log[:drop]
-        self._base += drop
+        seq = self.log.seq
+        for sub in [s for s in self._subs if s.behind(seq, self.ring_size, self.buffer_size)]:
+            sub.mark_lagging()
 
     def _wake_subscribers(self) -> None:
         if self._waiters:
@@ -262,7 +277,7 @@ class Fanout:
             self._progress.set()
             self._progress = None
 
-    async def _wait_changed(self, seconds: float | None = None) -> bool:
+    async def wait_changed(self, seconds: float | None = None) -> bool:
         """Wait for the next wake-up (True) or, given `seconds`, that long at most (False).
 
         Note: a plain loop timer, not a cancel scope: a heartbeat timeout on every wait of
@@ -285,23 +300,50 @@ def _expire(waiter: asyncio.Future[bool]) -> None:
         waiter.set_result(False)
 
 
+def filtered(entries: Entries, snapshot: int) -> tuple[list[bytes], str | None, int | None]:
+    """Frames of `entries` for a stream filtered by history snapshot T (see `snapshot_frame`).
+
+    Returns the frames, the id of the last one, and the snapshot still in force after them:
+    None once an entry follows a resolved timestamp >= T (no row committed at or before T
+    can come after it, so plain ids suffice from there on).
+    """
+    frames: list[bytes] = []
+    last: str | None = None
+    active: int | None = snapshot
+    for i, event in enumerate(entries.events):
+        resolved = entries.resolved[i]
+        if active is not None and resolved is not None and resolved >= active:
+            active = None
+        if active is None:
+            frames.append(entries.frames[i])
+            last = entries.ids[i]
+        else:
+            last, frame = snapshot_frame(entries.offsets[i], event, active)
+            frames.append(frame)
+    return frames, last, active
+
+
 class Subscription:
     """One feed client's stream: batches of frames, in offset order, each once.
 
     Note: if more than `buffer_size` frames pile up while the subscriber is busy (not
     waiting in `next_frames`), the stream ends with a `resume` frame whose id is the last
-    one it was given; `on_lag`, when set, is called
-    as soon as that is detected (e.g. to cancel a write stuck on a dead connection).
+    one it was given; `on_lag`, when set, is called as soon as that is detected (e.g. to
+    unblock a write stuck on a dead connection).
     """
 
-    def __init__(self, fanout: Fanout, cursor: int, last_id: str) -> None:
+    def __init__(self, fanout: Fanout, cursor: int, last: EventId) -> None:
         self._fanout = fanout
         self._cursor = cursor
-        self._start = fanout._seq
-        self.last_id = last_id
+        self._start = fanout.log.seq
+        self.last_id = str(last)
         """The id of the last frame taken (or the starting position): where to resume."""
+        self.snapshot = last.snapshot
+        """The history snapshot time still filtering this stream (None: none)."""
         self.on_lag: Callable[[], None] | None = None
-        self._history: AbstractSet[UUID] = frozenset()
+        self.reset_reason: str | None = None
+        """Set when the fanout restarted under this stream (`Fanout.restart`): tell the client."""
+        self._generation = fanout.generation
         self._lagging = False
         self._waiting = False
         self._ended = False
@@ -311,30 +353,50 @@ class Subscription:
         """Whether the stream is over (closed, lagging and told, or the fanout closed)."""
         return self._ended
 
-    def exclude(self, history: AbstractSet[UUID]) -> None:
-        """Skip messages already sent as history (DESIGN §3 handoff); their ids still advance."""
-        self._history = history
+    @property
+    def lagging(self) -> bool:
+        """Whether it was cut for falling behind."""
+        return self._lagging
+
+    def start_snapshot(self, snapshot: int) -> str:
+        """Filter this new stream by its history's snapshot time; returns the history's id.
+
+        Note: rows after the position with `updated` <= `snapshot` were committed before
+        the history read, so they are history (or older history): not sent again.
+        """
+        position = parse_event_id(self.last_id)
+        assert position is not None
+        self.snapshot = snapshot
+        self.last_id = str(position.at(snapshot))
+        return self.last_id
 
     def take(self) -> list[bytes]:
         """Every pending frame now, without waiting; empty when none (or `ended`)."""
         if self._ended:
             return []
         fan = self._fanout
-        if self._lagging or fan._lagging(self):
+        if self._generation != fan.generation:
+            self.reset_reason = self.reset_reason or "the feed restarted"
+            self._end()
+            return []
+        if self._lagging or self.behind(fan.log.seq, fan.ring_size, fan.buffer_size):
+            self._lagging = True
             self._end()
             return [resume_frame(self.last_id, "the client fell behind; reconnect to resume")]
-        start, end = self._cursor - fan._base, len(fan._frames)
-        if start >= end:
-            if fan._closed:
+        log = fan.log
+        end = log.seq
+        if self._cursor >= end:
+            if fan.closed:
                 self._end()
             return []
-        frames = fan._frames[start:end]
-        if self._history:
-            frames = without_history(
-                frames, fan._keys[start:end], fan._ids[start:end], self._history
-            )
-        self.last_id = fan._ids[end - 1]
-        self._cursor = fan._seq
+        if self.snapshot is None:
+            frames = log.frames_since(self._cursor)
+            self.last_id = log.id_before(end)
+        else:
+            frames, last, self.snapshot = filtered(log.since(self._cursor), self.snapshot)
+            assert last is not None
+            self.last_id = last
+        self._cursor = end
         return frames
 
     async def next_frames(self) -> list[bytes]:
@@ -356,18 +418,27 @@ class Subscription:
                 return None
             self._waiting = True
             try:
-                await self._fanout._wait_changed(timeout)
+                await self._fanout.wait_changed(timeout)
             finally:
                 self._waiting = False
                 # What was published while it waited (or was woken but not yet running)
                 # found it ready: that is not backlog; only what piles up while busy is.
-                self._start = self._fanout._seq
+                self._start = self._fanout.log.seq
 
     def close(self) -> None:
         """End the stream now and leave the fanout (the client went away)."""
         if not self._ended:
-            self._end()
-            self._fanout._wake_subscribers()
+            self._ended = True
+            self._fanout.leave(self)
+
+    def behind(self, seq: int, ring_size: int, buffer_size: int) -> bool:
+        """Whether it lags, the log's next sequence number being `seq`."""
+        if self._cursor < seq - ring_size:
+            return True  # its next frame has left the ring
+        if self._waiting:
+            return False  # it is ready for more: a burst published meanwhile is not its lag
+        # Frames a resume started with are not live backlog; count only what came since.
+        return seq - max(self._cursor, self._start) > buffer_size
 
     def __aiter__(self) -> Subscription:
         return self
@@ -378,13 +449,14 @@ class Subscription:
             raise StopAsyncIteration
         return frames
 
-    def _mark_lagging(self) -> None:
+    def mark_lagging(self) -> None:
+        """It fell behind: leave the fanout; its next `take` is the `resume` frame."""
         self._lagging = True
-        self._fanout._subs.discard(self)
-        self._fanout._wake_subscribers()
+        self._fanout.lag_cuts += 1
+        self._fanout.leave(self)
         if self.on_lag is not None:
             self.on_lag()
 
     def _end(self) -> None:
         self._ended = True
-        self._fanout._subs.discard(self)
+        self._fanout.leave(self)

@@ -7,7 +7,10 @@ SSE line break inside `data:` would otherwise split the payload.
 Event id `"<offset>-<tag>"`: the Kafka offset of the record in `messages.committed` (one
 partition, so the offset is the feed position) and the first 8 hex digits of the message
 id, so that a resume against a recreated topic, where that offset holds another message,
-is detected. `"<offset>"` alone names a position without that check.
+is detected. `"<offset>"` alone names a position without that check. Either may end in
+`"~<snapshot>"`: the history snapshot time T (an HLC, base 36) a stream started with;
+from such a position the rows with `updated` <= T are not sent (`feedsvc.relay.stream`).
+Ids are opaque to clients: they only send the last one back.
 """
 
 from __future__ import annotations
@@ -19,12 +22,12 @@ from typing import NamedTuple
 import msgspec
 
 from feedsvc.messages import Message
-from feedsvc.relay.changefeed import Delete, Row
+from feedsvc.relay.changefeed import Delete, Row, hlc_value
 
 PING = b": ping\n\n"
 """A comment heartbeat: keeps proxies from closing an idle stream, dispatches no event."""
 
-_EVENT_ID = re.compile(r"\A(-1|0|[1-9][0-9]{0,18})(?:-([0-9a-f]{8}))?\Z")
+_EVENT_ID = re.compile(r"\A(-1|0|[1-9][0-9]{0,18})(?:-([0-9a-f]{8}))?(?:~([0-9a-z]{1,24}))?\Z")
 _encoder = msgspec.json.Encoder()
 
 
@@ -48,13 +51,30 @@ class ResumeNotice(msgspec.Struct, frozen=True):
 
 
 class EventId(NamedTuple):
-    """A parsed event id: the offset last seen, and the message tag expected there."""
+    """A parsed event id: the offset last seen, the message tag expected there, and the
+    history snapshot time (an `hlc_value`) still filtering the stream, if any."""
 
     offset: int
     tag: str | None
+    snapshot: int | None = None
 
     def __str__(self) -> str:
-        return str(self.offset) if self.tag is None else f"{self.offset}-{self.tag}"
+        text = str(self.offset) if self.tag is None else f"{self.offset}-{self.tag}"
+        return text if self.snapshot is None else f"{text}~{_base36(self.snapshot)}"
+
+    def at(self, snapshot: int | None) -> EventId:
+        """The same position with another snapshot."""
+        return EventId(self.offset, self.tag, snapshot)
+
+
+def _base36(value: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        value, rest = divmod(value, 36)
+        out = digits[rest] + out
+        if not value:
+            return out
 
 
 def tag_of(message_id: uuid.UUID) -> str:
@@ -72,7 +92,8 @@ def parse_event_id(text: str) -> EventId | None:
     match = _EVENT_ID.match(text.strip())
     if match is None or (match.group(1) == "-1" and match.group(2) is not None):
         return None
-    return EventId(int(match.group(1)), match.group(2))
+    snapshot = None if match.group(3) is None else int(match.group(3), 36)
+    return EventId(int(match.group(1)), match.group(2), snapshot)
 
 
 def event_frame(offset: int, event: Row | Delete) -> tuple[str, bytes]:
@@ -81,6 +102,22 @@ def event_frame(offset: int, event: Row | Delete) -> tuple[str, bytes]:
         eid = event_id(offset, event.message.id)
         return eid, message_frame(eid, event.message)
     eid = event_id(offset, event.id)
+    return eid, delete_frame(eid, event.id)
+
+
+def snapshot_frame(offset: int, event: Row | Delete, snapshot: int) -> tuple[str, bytes]:
+    """The event id and frame at `offset` for a stream still filtered by history snapshot T.
+
+    Note: a row or delete with `updated` <= T was committed before the history read (it is
+    history, or older history): only its id is sent. Both keep T in the id, so a resume
+    from it filters the same way.
+    """
+    message_id = event.message.id if isinstance(event, Row) else event.id
+    eid = str(EventId(offset, tag_of(message_id), snapshot))
+    if event.updated is not None and hlc_value(event.updated) <= snapshot:
+        return eid, id_frame(eid)
+    if isinstance(event, Row):
+        return eid, message_frame(eid, event.message)
     return eid, delete_frame(eid, event.id)
 
 

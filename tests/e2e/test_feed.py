@@ -11,6 +11,9 @@ from contextlib import asynccontextmanager, contextmanager
 
 import anyio
 import httpx
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 from local_stack import Service, Stack, free_port
 
 from tests.support import SseEvent, SseReader, native_only, post_many, stored_ids, wait_for
@@ -70,7 +73,7 @@ async def quiet_for(sse: SseReader, seconds: float) -> list[SseEvent]:
 async def test_history_then_live_each_once(
     client: httpx.AsyncClient, stack: Stack, author: str
 ) -> None:
-    """The latest N oldest-to-newest, then live messages in commit order, none twice."""
+    """The latest N oldest-to-newest, then live messages in changefeed order, none twice."""
     history = await post_many(client, author, 5, "old")
     await wait_for(lambda: stored_ids(stack, author), lambda ids: len(ids) == 5, 20, "history")
     async with open_feed(stack.api_url, {"limit": 5}) as sse:
@@ -180,11 +183,12 @@ async def test_unknown_position_resets_then_history(
         real = sse.last_id
     assert real is not None and "-" in real
     offset = real.split("-")[0]
-    for bogus in (f"{offset}-00000000", "garbage"):
+    reasons = {f"{offset}-00000000": "the topic was recreated", "garbage": "unknown position"}
+    for bogus, reason in reasons.items():
         async with open_feed(stack.api_url, {"limit": 2}, {"Last-Event-ID": bogus}) as sse:
             reset, *history = await sse.messages(3)
             assert reset.event == "reset"
-            assert reset.json()["reason"]
+            assert reason in reset.json()["reason"]
             assert ids_of(history) == mine
     assert ids_of(events) == mine[-1:]
 
@@ -242,6 +246,84 @@ async def test_slow_client_is_cut_and_resumes_without_gap(
             assert ids_of(rest) == order[len(seen) :]
 
 
+async def test_lagging_client_that_still_reads_is_told_to_resume(
+    client: httpx.AsyncClient, stack: Stack, author: str
+) -> None:
+    """A client that falls behind but whose socket can still take data is cut with a final
+    `resume` event naming where to resume; resuming there loses nothing."""
+    small_window = httpx.AsyncHTTPTransport(
+        socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)]
+    )
+    small = {"FEED_SUBSCRIBER_BUFFER": "20", "FEED_RING_SIZE": "5000", "FEED_SOCKET_SNDBUF": "8192"}
+    with extra_api(stack, **small) as replica:
+        posted: list[str] = []
+        seen: list[SseEvent] = []
+        async with open_feed(replica, {"limit": 0}, transport=small_window) as slow:
+
+            async def fall_behind_then_read() -> None:
+                # Not reading while posts stream in fills the sockets and the server's write
+                # buffer (~90 KiB in all): the server's write blocks and the client lags.
+                async with httpx.AsyncClient(base_url=replica) as http:
+                    await wait_for(
+                        lambda: _gauge(http, "feedsvc_feed_lag_cuts_total"),
+                        lambda n: n >= 1,
+                        120,
+                        "the client to be found lagging",
+                    )
+                with anyio.fail_after(60):
+                    while (event := await slow.next(30)) is not None:
+                        if event.event != "comment":
+                            seen.append(event)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(fall_behind_then_read)
+                async with anyio.create_task_group() as posters:
+                    for k in range(8):
+                        posters.start_soon(_post_into, client, author, 125, f"s{k}", posted)
+        kinds = [e.event for e in seen]
+        assert kinds and kinds[-1] == "resume", f"no resume at the end: {kinds[-3:]}"
+        assert set(kinds[:-1]) == {"message"}
+        resume_from = seen[-1].json()["last_event_id"]
+        assert resume_from == seen[-1].id
+        got = ids_of(seen[:-1])
+        assert len(got) < len(posted), "the client was never cut"
+        async with open_feed(replica, {"limit": 0}, {"Last-Event-ID": resume_from}) as again:
+            rest = ids_of(await again.messages(len(posted) - len(got), within=60))
+        mine = [i for i in got + rest if i in set(posted)]
+        assert sorted(mine) == sorted(posted) and len(mine) == len(set(mine))
+
+
+async def _gauge(client: httpx.AsyncClient, name: str) -> float:
+    text = (await client.get("/metrics")).text
+    [value] = [line.split()[1] for line in text.splitlines() if line.startswith(f"{name} ")]
+    return float(value)
+
+
+async def test_disconnected_clients_are_released_at_once(
+    client: httpx.AsyncClient, stack: Stack
+) -> None:
+    """500 idle streams whose clients vanish together leave the subscribers gauge within 1 s."""
+    subscribers = "feedsvc_feed_subscribers"
+    base = await _gauge(client, subscribers)
+    host, port = stack.api_url.removeprefix("http://").split(":")
+    request = f"GET /feed?limit=0 HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(500):  # plain sockets: the clients cost the test nothing while idle
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            sock.sendall(request)
+            sockets.append(sock)
+        await wait_for(
+            lambda: _gauge(client, subscribers), lambda n: n >= base + 500, 60, "500 streams"
+        )
+    finally:
+        for sock in sockets:
+            sock.close()
+    closed = anyio.current_time()
+    await wait_for(lambda: _gauge(client, subscribers), lambda n: n <= base, 5, "release")
+    assert anyio.current_time() - closed < 1.0, "subscriptions outlived their connections"
+
+
 def _count_of(items: list[str]) -> Callable[[], Awaitable[int]]:
     async def count() -> int:
         return len(items)
@@ -267,6 +349,68 @@ async def test_duplicate_burst_never_reaches_clients(
         assert standin.pid is not None
         os.kill(standin.pid, signal.SIGUSR1)
         assert ids_of(await quiet_for(sse, 2)) == []
+
+
+@native_only  # freezes the stand-in
+async def test_history_is_never_sent_again_live_or_after_a_resume(
+    client: httpx.AsyncClient, stack: Stack, author: str
+) -> None:
+    """Messages in the history whose changefeed records land after the history's position
+    reach no client again: not live, not on a resume from the history's id on any replica."""
+    standin = stack.service("changefeed")
+    assert standin.pid is not None
+    os.kill(standin.pid, signal.SIGSTOP)  # committed, but not in the topic yet
+    try:
+        held = await post_many(client, author, 3, "held")
+        await wait_for(lambda: stored_ids(stack, author), lambda ids: len(ids) == 3, 20, "rows")
+        async with open_feed(stack.api_url, {"limit": 3}) as live:
+            assert ids_of(await live.messages(3)) == held
+            history_id = live.last_id
+            assert history_id is not None
+            os.kill(standin.pid, signal.SIGCONT)  # the held records land after the position
+            after = await post_many(client, author, 2, "after")
+            assert ids_of(await live.messages(2)) == after
+    finally:
+        os.kill(standin.pid, signal.SIGCONT)
+    with extra_api(stack) as replica:
+        for url in (stack.api_url, replica):
+            async with open_feed(url, headers={"Last-Event-ID": history_id}) as sse:
+                assert ids_of(await sse.messages(2)) == after
+                assert ids_of(await quiet_for(sse, 1)) == []
+
+
+@native_only  # deletes and recreates the topic of its own stack
+@pytest.mark.slow
+async def test_recreated_topic_resets_streams_and_the_api_lives_on(
+    make_stack: Callable[..., Stack], author: str
+) -> None:
+    """`messages.committed` recreated under a running api: open streams get `reset` ("the
+    topic was recreated"), then new messages; the api keeps serving."""
+    own = make_stack()
+    async with httpx.AsyncClient(base_url=own.api_url, timeout=30) as http:
+        async with open_feed(own.api_url, {"limit": 0}) as sse:
+            before = await post_many(http, author, 3, "before")
+            assert ids_of(await sse.messages(3)) == before
+            admin = AIOKafkaAdminClient(bootstrap_servers=own.kafka_bootstrap)
+            await admin.start()
+            try:
+                await admin.delete_topics(["messages.committed"])
+                with anyio.fail_after(30):
+                    while True:
+                        try:
+                            await admin.create_topics([NewTopic("messages.committed", 1, 1)])
+                            break
+                        except KafkaError:  # the deletion is still going on
+                            await anyio.sleep(0.5)
+            finally:
+                await admin.close()
+            reset = await sse.messages(1, within=60)
+            assert reset[0].event == "reset"
+            assert reset[0].json()["reason"] == "the topic was recreated"
+            after = await post_many(http, author, 2, "after")
+            got = await sse.messages(2, within=60)
+            assert ids_of(got) == after
+        assert (await http.get("/health/live")).status_code == 200
 
 
 async def test_pagination_walks_everything_while_posts_arrive(

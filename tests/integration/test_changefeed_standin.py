@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,8 +21,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
 from local_stack import REPO, KafkaBroker, Postgres, Service
+from psycopg_pool import AsyncConnectionPool
 
-from feedsvc.relay.changefeed import Delete, Resolved, Row, decode_record
+from feedsvc.relay.changefeed import Delete, Resolved, Row, decode_record, hlc_value
+from feedsvc.relay.fanout import Fanout
+from feedsvc.store import MessageStore
 from tests.support import native_only
 
 pytestmark = [pytest.mark.stack, native_only]
@@ -321,3 +325,159 @@ def test_duplicate_every_n_rows(root: Path, postgres: Postgres, kafka: KafkaBrok
     seen = _ids(records)
     assert set(seen) == {row[0] for row in rows}
     assert len(seen) == 15
+
+
+def _decoded(records: Records) -> list[tuple[int, Row | Delete | Resolved]]:
+    return [(r.offset, decode_record(r.key, r.value)) for r in records]
+
+
+def test_updated_is_commit_order(feed: Feed) -> None:
+    """A transaction that inserts first and commits last gets the later `updated`, one per
+    transaction, as CockroachDB's commit timestamps (the insert's clock would be earlier)."""
+    url = feed.url
+    late_rows = [_message(50 + n) for n in range(3)]
+    early_row = _message(60)
+
+    async def run() -> None:
+        async with await psycopg.AsyncConnection.connect(url) as late, late.transaction():
+            await late.cursor().executemany(
+                "INSERT INTO messages (id, author, text, created_at) VALUES (%s, %s, %s, %s)",
+                late_rows,
+            )
+            _insert(url, [early_row])  # commits while `late` is still open
+
+    anyio.run(run)
+    ids = {row[0] for row in [*late_rows, early_row]}
+    updated = {
+        event.message.id: hlc_value(event.updated or "")
+        for _, event in _decoded(feed.read(_has_all(ids)))
+        if isinstance(event, Row) and event.message.id in ids
+    }
+    late = {updated[row[0]] for row in late_rows}
+    assert len(late) == 1, "one transaction, one commit timestamp"
+    assert late.pop() > updated[early_row[0]]
+
+
+def test_resolved_is_placed_as_the_changefeed_places_it(feed: Feed) -> None:
+    """Resolved timestamps increase, and each follows every row at or below it."""
+    rows = [_message(70 + n) for n in range(20)]
+    anyio.run(_concurrent_writers, feed.url, 4, 5)
+    _insert(feed.url, rows)
+    last = rows[-1][0]
+    records = _decoded(feed.read(lambda rs: _resolved_after(rs, last)))
+    highest = 0
+    first_seen: dict[uuid.UUID, int] = {}
+    for _, event in records:
+        if isinstance(event, Row) and event.message.id not in first_seen:
+            first_seen[event.message.id] = hlc_value(event.updated or "")
+            assert first_seen[event.message.id] > highest, "a new row at or below a resolved"
+        elif isinstance(event, Resolved):
+            assert hlc_value(event.hlc) >= highest
+            highest = hlc_value(event.hlc)
+
+
+def _resolved_after(records: Records, message_id: uuid.UUID) -> bool:
+    """Whether a resolved record follows the row of `message_id`."""
+    seen = False
+    for _, event in _decoded(records):
+        if isinstance(event, Row) and event.message.id == message_id:
+            seen = True
+        elif isinstance(event, Resolved) and seen:
+            return True
+    return False
+
+
+def test_restart_window_is_dropped_by_every_relay(
+    root: Path, postgres: Postgres, kafka: KafkaBroker
+) -> None:
+    """A simulated changefeed restart re-sends the last 3,000 rows (far past the relay's
+    100-offset window); a relay from offset 0 and one from mid-topic publish each row once,
+    and decide alike from where the late one is exact."""
+    feed = Feed(root, postgres, kafka, STANDIN_DUPLICATE_BURST="3000")
+    feed.start()
+    try:
+        batches = [[_message(1000 * b + n) for n in range(100)] for b in range(30)]
+        for batch in batches:
+            _insert(feed.url, batch)
+        ids = {row[0] for batch in batches for row in batch}
+        feed.read(lambda rs: _resolved_after(rs, batches[-1][-1][0]), within=60)
+        assert feed.service.pid is not None
+        os.kill(feed.service.pid, signal.SIGUSR1)
+
+        def repeated_then_resolved(records: Records) -> bool:
+            if len(records) < 2 * len(ids):
+                return False
+            counts = Counter(_ids(records))
+            return all(counts[i] >= 2 for i in ids) and _resolved_after(records, batches[-1][-1][0])
+
+        records = _decoded(feed.read(repeated_then_resolved, within=60))
+    finally:
+        feed.stop()
+    full = _publish(Fanout(50, 50, dedupe_window=100), records)
+    assert sorted(full.values(), key=str) == sorted(ids, key=str)
+    assert len(full) == len(ids), "a repeat was published again"
+    late = Fanout(50, 50, low=0, high=len(records) // 2, dedupe_window=100)
+    from_middle = _publish(late, records[late.start_offset :])
+    exact = late.floor
+    assert exact < len(records)
+    assert {o: i for o, i in from_middle.items() if o >= exact} == {
+        o: i for o, i in full.items() if o >= exact
+    }
+
+
+def _publish(
+    fanout: Fanout, records: list[tuple[int, Row | Delete | Resolved]]
+) -> dict[int, uuid.UUID]:
+    """Offsets and message ids the fanout published (repeats dropped)."""
+    published: dict[int, uuid.UUID] = {}
+    for offset, event in records:
+        if isinstance(event, Resolved):
+            fanout.resolve(offset, event.hlc)
+        elif isinstance(event, Row) and fanout.publish(offset, event):
+            published[offset] = event.message.id
+    return published
+
+
+def test_history_snapshot_time_is_exact(root: Path, postgres: Postgres, kafka: KafkaBroker) -> None:
+    """Under concurrent commits, the history read sees exactly the rows with `updated` <= T."""
+    feed = Feed(root, postgres, kafka)
+    feed.start()
+    try:
+        _check_history_snapshots(feed)
+    finally:
+        feed.stop()
+
+
+def _check_history_snapshots(feed: Feed) -> None:
+
+    async def run() -> list[tuple[set[uuid.UUID], int]]:
+        reads: list[tuple[set[uuid.UUID], int]] = []
+        async with AsyncConnectionPool(feed.url, kwargs={"autocommit": True}, open=False) as pool:
+            store = MessageStore(pool)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_concurrent_writers, feed.url, 4, 40)
+                for _ in range(20):
+                    messages, snapshot = await store.history(1000)
+                    reads.append(({m.id for m in messages}, hlc_value(snapshot)))
+                    await anyio.sleep(0.02)
+        return reads
+
+    reads = anyio.run(run)
+    latest = max(reads, key=lambda read: read[1])
+    records = _decoded(feed.read(lambda rs: _resolved_above(rs, latest[1]), within=60))
+    updated = {
+        event.message.id: hlc_value(event.updated or "")
+        for _, event in records
+        if isinstance(event, Row)
+    }
+    for seen, snapshot in reads:
+        emitted = {i for i, u in updated.items() if u <= snapshot}
+        assert emitted <= seen, "a row committed at or before T was not in the history"
+        assert all(updated[i] <= snapshot for i in seen if i in updated), "a row after T was seen"
+
+
+def _resolved_above(records: Records, value: int) -> bool:
+    return any(
+        isinstance(event, Resolved) and hlc_value(event.hlc) >= value
+        for _, event in _decoded(records)
+    )

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from feedsvc.relay.changefeed import Delete
+from feedsvc.relay.changefeed import Delete, hlc_value
 from feedsvc.relay.fanout import Ahead, Fanout, ReplayFrom, Reset, Subscription
 from feedsvc.relay.frames import EventId, event_id
 from tests.unit.relay.helpers import message, parse, row, texts
@@ -224,34 +224,63 @@ def test_resume_backlog_does_not_count_as_lag() -> None:
     assert len(texts(sub.take())) == 41
 
 
-def test_history_handoff_replaces_messages_already_sent() -> None:
-    """Messages in the history become id-only frames; others pass as the same bytes."""
+def test_snapshot_sends_only_ids_of_rows_the_history_read_saw() -> None:
+    """Rows at or before the history's snapshot T become id-only frames; ids carry T."""
     fan = _fanout(3)
     sub = _sub(fan.subscribe(None))
     other = _sub(fan.subscribe(None))
-    sub.exclude({message(3).id, message(1).id})
-    fan.publish(3, row(3))
+    t = hlc_value(row(3).updated or "")
+    history_id = sub.start_snapshot(t)
+    assert history_id == str(EventId(2, message(2).id.hex[:8], t))
+    fan.publish(3, row(3))  # committed at T: in the history (or older history)
     fan.publish(4, row(4))
     frames = sub.take()
-    assert parse(frames) == [(event_id(3, message(3).id), None, None), parse(frames[1:])[0]]
+    [(first, event, _), (second, _, _)] = parse(frames)
+    assert (first, event) == (str(EventId(3, message(3).id.hex[:8], t)), None)
+    assert second == str(EventId(4, message(4).id.hex[:8], t))
     assert texts(frames) == ["message 4"]
-    assert frames[1] is other.take()[1]
-    assert sub.last_id == event_id(4, message(4).id)
+    assert texts(other.take()) == ["message 3", "message 4"]
+    assert sub.last_id == second
 
 
-def test_warm_up_answers_ahead_until_the_end_offset() -> None:
-    """Before consuming up to the end offset seen at start, nobody is served."""
+def test_snapshot_ends_at_a_resolved_past_it() -> None:
+    """Once a resolved >= T is read, frames are the shared bytes with plain ids again."""
+    fan = _fanout(3)
+    sub = _sub(fan.subscribe(None))
+    other = _sub(fan.subscribe(None))
+    sub.start_snapshot(hlc_value(row(3).updated or ""))
+    fan.resolve(3, row(3).updated or "")
+    fan.publish(4, row(4))
+    frames = sub.take()
+    assert frames[0] is other.take()[0]
+    assert sub.last_id == event_id(4, message(4).id) and sub.snapshot is None
+
+
+def test_resume_from_a_snapshot_id_filters_the_same_way() -> None:
+    """A resume from a history id drops what the first connection dropped."""
+    fan = _fanout(3)
+    first = _sub(fan.subscribe(None))
+    history_id = first.start_snapshot(hlc_value(row(4).updated or ""))
+    for i in (3, 4, 5):
+        fan.publish(i, row(i))
+    again = _sub(fan.subscribe(history_id))
+    assert texts(again.take()) == texts(first.take()) == ["message 5"]
+
+
+def test_warm_up_answers_ahead_until_the_end_offset_and_a_resolved() -> None:
+    """Nobody is served before the end offset seen at start is consumed and a resolved read."""
     fan = Fanout(10, 5, low=0, high=100, dedupe_window=20)
     assert fan.start_offset == 70  # ring and dedupe window before the end
     assert fan.subscribe(None) == Ahead(99)
     for i in range(70, 99):
         fan.publish(i, row(i))
-    assert fan.subscribe(None) == Ahead(99)
     fan.advance(99)
+    assert fan.subscribe(None) == Ahead(99), "no resolved yet: decisions not exact"
+    fan.resolve(100, row(0).updated or "")
     assert isinstance(fan.subscribe(None), Subscription)
-    # Frames before a whole dedupe window was seen are not served from the ring.
-    assert fan.floor == 90
-    assert fan.subscribe("88") == ReplayFrom(EventId(88, None))
+    # Frames before a whole dedupe window and a resolved were seen are not in the ring.
+    assert fan.floor == 101
+    assert fan.subscribe("99") == ReplayFrom(EventId(99, None))
 
 
 def test_publish_out_of_order_is_refused() -> None:

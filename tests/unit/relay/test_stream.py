@@ -1,0 +1,129 @@
+"""One client's stream: history with its snapshot, resets with true reasons, busy replays."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anyio
+
+from feedsvc.messages import Message
+from feedsvc.relay.changefeed import hlc_value
+from feedsvc.relay.fanout import Fanout, ReplayFrom, Reset, Subscription
+from feedsvc.relay.frames import PING, parse_event_id, retry_frame
+from feedsvc.relay.reader import RECREATED
+from feedsvc.relay.replay import ReplaysBusy
+from feedsvc.relay.stream import BUSY, BUSY_RETRY_MS, RETRY_MS, FeedStream, History
+from tests.unit.relay.helpers import message, parse, row, texts
+
+
+def _fanout(n: int) -> Fanout:
+    fan = Fanout(100, 50)
+    for i in range(n):
+        fan.publish(i, row(i))
+    return fan
+
+
+def _history(upto: int) -> History:
+    """A history loader: messages 0..upto-1 were visible, T is message upto-1's `updated`."""
+
+    async def load(limit: int) -> tuple[list[Message], str]:
+        newest_first = [message(i) for i in reversed(range(upto))][:limit]
+        return newest_first, row(upto - 1).updated or ""
+
+    return load
+
+
+async def _no_replay(
+    fanout: Fanout, answer: ReplayFrom
+) -> AsyncIterator[bytes | Reset | Subscription]:
+    raise AssertionError("no replay expected")
+    yield b""  # pragma: no cover
+
+
+async def _busy(fanout: Fanout, answer: ReplayFrom) -> AsyncIterator[bytes | Reset | Subscription]:
+    raise ReplaysBusy
+    yield b""  # pragma: no cover
+
+
+def _split(chunks: list[bytes]) -> list[bytes]:
+    """The frames in chunks that may hold several."""
+    return [f + b"\n\n" for chunk in chunks for f in chunk.split(b"\n\n") if f]
+
+
+async def _take(frames: AsyncIterator[bytes], count: int) -> list[bytes]:
+    out: list[bytes] = []
+    with anyio.fail_after(5):
+        async for chunk in frames:
+            out.append(chunk)
+            if len(out) == count:
+                break
+    return out
+
+
+async def test_history_carries_position_and_snapshot_and_live_skips_what_it_saw() -> None:
+    """History ids are `P~T`; a row committed at or before T arriving later is sent id-only."""
+    fan = _fanout(3)
+    stream = FeedStream(fan, _no_replay, _history(5), last_event_id=None, limit=2, heartbeat_s=60)
+    frames = stream.frames()
+    retry, history = await _take(frames, 2)
+    assert retry == retry_frame(RETRY_MS)
+    events = parse(_split([history]))
+    assert texts(_split([history])) == ["message 3", "message 4"]
+    assert len({eid for eid, _, _ in events}) == 1, "every history event has the same id"
+    position = parse_event_id(events[0][0])
+    assert position is not None
+    assert (position.offset, position.snapshot) == (2, hlc_value(row(4).updated or ""))
+    fan.publish(3, row(3))  # committed before the read: history or older history
+    fan.publish(4, row(4))
+    fan.publish(5, row(5))
+    [live] = await _take(frames, 1)
+    assert texts(_split([live])) == ["message 5"]
+    stream.close()
+    assert fan.subscribers == 0
+
+
+async def test_garbage_position_is_an_unknown_position_reset() -> None:
+    """A Last-Event-ID that is not ours: `reset` saying so, then history."""
+    stream = FeedStream(
+        _fanout(3), _no_replay, _history(3), last_event_id="nonsense", limit=1, heartbeat_s=60
+    )
+    _, reset, history = await _take(stream.frames(), 3)
+    [(_, event, data)] = parse([reset])
+    assert event == "reset" and data is not None
+    assert data["reason"].startswith("unknown position")
+    assert texts(_split([history])) == ["message 2"]
+    stream.close()
+
+
+async def test_busy_replays_answer_a_retry_hint_and_end() -> None:
+    """With every replay slot taken, an old position gets `retry:` and the stream ends."""
+    fan = _fanout(300)
+    stream = FeedStream(fan, _busy, _history(3), last_event_id="5", limit=0, heartbeat_s=60)
+    got = [chunk async for chunk in stream.frames()]
+    assert got == [retry_frame(RETRY_MS), *BUSY]
+    assert retry_frame(BUSY_RETRY_MS) in got
+    assert fan.subscribers == 0
+
+
+async def test_restarted_fanout_resets_open_streams_with_the_reason() -> None:
+    """When the topic is recreated under a stream: `reset` with that reason, then history."""
+    fan = _fanout(3)
+    stream = FeedStream(fan, _no_replay, _history(3), last_event_id=None, limit=1, heartbeat_s=60)
+    frames = stream.frames()
+    await _take(frames, 2)
+    fan.restart(0, 0, RECREATED)
+    reset, history = await _take(frames, 2)
+    [(_, event, data)] = parse([reset])
+    assert (event, data) == ("reset", {"reason": RECREATED})
+    assert texts(_split([history])) == ["message 2"]
+    stream.close()
+
+
+async def test_idle_stream_sends_heartbeats() -> None:
+    """Nothing to send for `heartbeat_s`: a comment ping."""
+    stream = FeedStream(
+        _fanout(1), _no_replay, _history(1), last_event_id=None, limit=0, heartbeat_s=0.05
+    )
+    _, ping = await _take(stream.frames(), 2)
+    assert ping == PING
+    stream.close()
