@@ -332,3 +332,35 @@ def dead_letter(
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+class FeedRestart(msgspec.Struct, frozen=True, kw_only=True):
+    """The marker setup writes into `messages.committed` before a changefeed that has a gap.
+
+    Note: the relay treats its offset as a boundary: a client whose position is below it,
+    or who is live when it arrives, gets `reset` (history from scratch), never a silent
+    gap. Its key is `FEED_RESTART_KEY`, which no changefeed record has (theirs are JSON).
+    """
+
+    reason: str
+    previous_job: int | None
+    previous_high_water: str | None
+    at: str
+    """The cluster's HLC when the gap was detected; the new changefeed starts after it."""
+
+
+FEED_RESTART_KEY = b"feedsvc-feed-restart"
+
+
+class _FeedRestartRecord(msgspec.Struct, frozen=True):
+    feed_restart: FeedRestart
+
+
+def encode_feed_restart(marker: FeedRestart) -> bytes:
+    """The marker's record value: `{"feed_restart": {...}}` (not a changefeed envelope)."""
+    return _encoder.encode(_FeedRestartRecord(marker))
+
+
+def decode_feed_restart(data: bytes) -> FeedRestart:
+    """A marker from its record value; raises msgspec errors on anything else."""
+    return msgspec.json.decode(data, type=_FeedRestartRecord).feed_restart

@@ -18,6 +18,7 @@ from feedsvc.http.app import ApiParts, create_app
 from feedsvc.http.submit import Submitter
 from feedsvc.ingest.deadletters import DeadLetters
 from feedsvc.ingest.writer import Writer
+from feedsvc.messages import FEED_RESTART_KEY, FeedRestart, encode_feed_restart
 from feedsvc.metrics import Metrics
 from feedsvc.relay.fanout import Fanout
 from feedsvc.relay.reader import CommittedReader
@@ -201,18 +202,18 @@ def _setup_database(settings: Settings) -> None:
         schema.configure_cluster(conn, settings.cockroach_license, settings.cockroach_organization)
         sink = schema.changefeed_sink(settings.changefeed_sink, kafka.COMMITTED)
 
-        def on_gap(marker: schema.FeedRestart) -> None:
+        def on_gap(marker: FeedRestart) -> None:
             anyio.from_thread.run(_write_restart_marker, settings, marker)
 
         changefeed = schema.ensure_changefeed(conn, sink, on_gap)
         log.info("schema ready", extra={"changefeed": changefeed})
 
 
-async def _write_restart_marker(settings: Settings, marker: schema.FeedRestart) -> None:
+async def _write_restart_marker(settings: Settings, marker: FeedRestart) -> None:
     """Put the gap marker into `messages.committed`, acknowledged, before the new changefeed."""
     async with kafka.producer(settings) as producer:
         await producer.send_and_wait(
-            kafka.COMMITTED, schema.encode_restart(marker), key=schema.RESTART_KEY, partition=0
+            kafka.COMMITTED, encode_feed_restart(marker), key=FEED_RESTART_KEY, partition=0
         )
 
 

@@ -18,6 +18,8 @@ import psycopg
 from psycopg import sql
 from psycopg.crdb import CrdbConnection
 
+from feedsvc.messages import FeedRestart
+
 log = logging.getLogger(__name__)
 
 POSTGRES_SCHEMA = [
@@ -252,29 +254,6 @@ def plan_changefeed(
     if table_has_rows:
         return ChangefeedPlan(action="create", job=job, gap=True, reason=why)
     return ChangefeedPlan(action="create", job=job, reason=why + "; the table is empty")
-
-
-class FeedRestart(msgspec.Struct, frozen=True, kw_only=True):
-    """The marker setup writes into `messages.committed` before a changefeed that has a gap.
-
-    Note: the relay must treat its offset as a boundary: a client whose position is below
-    it, or who is live when it arrives, gets `reset` (history from scratch), never a
-    silent gap. Key `RESTART_KEY`; no changefeed record has that key.
-    """
-
-    reason: str
-    previous_job: int | None
-    previous_high_water: str | None
-    at: str
-    """The cluster's HLC when the gap was detected; the new changefeed starts after it."""
-
-
-RESTART_KEY = b"feedsvc-feed-restart"
-
-
-def encode_restart(marker: FeedRestart) -> bytes:
-    """The marker's record value: `{"feed_restart": {...}}` (not a changefeed envelope)."""
-    return msgspec.json.encode({"feed_restart": marker})
 
 
 def changefeed_sink(kafka_bootstrap: str, topic: str) -> str:

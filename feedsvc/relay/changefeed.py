@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from feedsvc.messages import Message
+from feedsvc.messages import FEED_RESTART_KEY, Message, decode_feed_restart
 
 _HLC = re.compile(r"\A[0-9]{1,20}\.[0-9]{10}\Z")
 
@@ -51,7 +51,14 @@ class Resolved(msgspec.Struct, frozen=True):
     hlc: str
 
 
-Record = Row | Delete | Resolved
+class Gap(msgspec.Struct, frozen=True):
+    """Not a changefeed record: setup's marker that a new changefeed starts after a gap
+    (`feedsvc.messages.FeedRestart`); no position before it can be resumed."""
+
+    reason: str
+
+
+Record = Row | Delete | Resolved | Gap
 
 
 class ChangefeedDecodeError(ValueError):
@@ -80,6 +87,14 @@ def decode_record(key: bytes | None, value: bytes | None) -> Record:
     """Decode one Kafka record of `messages.committed`; raises `ChangefeedDecodeError`."""
     if value is None:
         raise ChangefeedDecodeError("record has no value (a tombstone is not a changefeed record)")
+    if key == FEED_RESTART_KEY:
+        try:
+            marker = decode_feed_restart(value)
+        except msgspec.MsgspecError as exc:
+            raise ChangefeedDecodeError(
+                f"a feed restart marker that does not decode: {exc}"
+            ) from None
+        return Gap(f"the changefeed restarted with a gap: {marker.reason}")
     try:
         envelope = _envelope_decoder.decode(value)
     except msgspec.DecodeError as exc:

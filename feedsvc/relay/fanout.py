@@ -85,6 +85,8 @@ class Fanout:
         self.lag_cuts = 0
         """Subscriptions ended for falling behind, since start."""
         self._subs: set[Subscription] = set()
+        self.barrier: tuple[int, str] | None = None
+        """The newest gap marker read (its offset and why): positions before it are reset."""
         self._start(low, high)
         # Subscribers waiting for frames: one future each, in arrival order (a dict as an
         # ordered set), so that each can also wait with a timeout of its own.
@@ -118,6 +120,28 @@ class Fanout:
             sub.reset_reason = reason
             sub.close()
         self._start(low, high)
+        self._wake_subscribers()
+        self._wake_progress()
+
+    def gap(self, offset: int, reason: str) -> None:
+        """Move past setup's marker that the changefeed restarted with a gap at `offset`.
+
+        Note: what the changefeed missed is in no record, so nothing before the marker can
+        be continued: every open stream ends with `reset_reason` (the client gets `reset`
+        and history again), positions before it are answered `Reset`, and the ring starts
+        empty after it, so every id handed out from now on is past the marker.
+        """
+        if offset < self._head:
+            raise ValueError(f"offset {offset} is behind the head {self._head}")
+        self.generation += 1
+        self.restart_reason = reason
+        self.barrier = (offset, reason)
+        for sub in list(self._subs):
+            sub.reset_reason = reason
+            sub.close()
+        self._head = offset + 1
+        if self._floor_known:
+            self.log = FrameLog(self.ring_size, self._head)
         self._wake_subscribers()
         self._wake_progress()
 
@@ -217,6 +241,8 @@ class Fanout:
             return Reset("unknown position: Last-Event-ID is not a position of this feed")
         if after.offset >= self._head:
             return Ahead(after.offset)
+        if self.barrier is not None and after.offset < self.barrier[0]:
+            return Reset(self.barrier[1])
         floor = self.floor
         if after.tag is None:
             if after.offset < floor - 1:

@@ -26,7 +26,14 @@ from aiokafka.errors import OffsetOutOfRangeError
 
 from feedsvc import kafka
 from feedsvc.config import Settings
-from feedsvc.relay.changefeed import ChangefeedDecodeError, Delete, Resolved, Row, decode_record
+from feedsvc.relay.changefeed import (
+    ChangefeedDecodeError,
+    Delete,
+    Gap,
+    Resolved,
+    Row,
+    decode_record,
+)
 from feedsvc.relay.fanout import Fanout, ReplayFrom, Reset, Subscription
 from feedsvc.relay.replay import Replay, ReplaysBusy, SeekBack
 
@@ -40,7 +47,7 @@ REPLAY_FETCH_BYTES = 256 * 1024
 fetch ahead); a replay is read once, so large fetches buy little."""
 
 
-def _decode(record: Any) -> Row | Delete | Resolved | None:
+def _decode(record: Any) -> Row | Delete | Resolved | Gap | None:
     try:
         return decode_record(record.key, record.value)
     except ChangefeedDecodeError as exc:
@@ -131,6 +138,12 @@ class CommittedReader:
                             self.published += fanout.publish(record.offset, event)
                         elif isinstance(event, Resolved):
                             fanout.resolve(record.offset, event.hlc)
+                        elif isinstance(event, Gap):
+                            log.warning(
+                                "changefeed restarted with a gap: every stream is reset",
+                                extra={"offset": record.offset, "reason": event.reason},
+                            )
+                            fanout.gap(record.offset, event.reason)
                         else:
                             fanout.advance(record.offset)
                     await anyio.lowlevel.checkpoint()

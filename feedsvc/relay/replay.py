@@ -23,7 +23,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from feedsvc.relay.changefeed import Delete, Resolved, Row
+from feedsvc.relay.changefeed import Delete, Gap, Resolved, Row
 from feedsvc.relay.dedupe import Deduper
 from feedsvc.relay.fanout import Fanout, Reset, Subscription
 from feedsvc.relay.frames import EventId, event_frame, snapshot_frame, tag_of
@@ -69,12 +69,15 @@ class Replay:
         return offset
 
     def feed(
-        self, offset: int, record: Row | Delete | Resolved | None
+        self, offset: int, record: Row | Delete | Resolved | Gap | None
     ) -> bytes | Reset | SeekBack | None:
         """What to send for the record at `offset`, if anything (see the module's protocol)."""
         if isinstance(record, Resolved):
             self._dedupe.see_resolved(offset, record.hlc)
             return None
+        if isinstance(record, Gap):
+            # The changefeed restarted with a gap here: a position before it cannot go on.
+            return Reset(record.reason) if offset > self.after.offset else None
         resolved = self._dedupe.resolved
         duplicate = record is not None and self._dedupe.is_duplicate(offset, record)
         if offset < self.after.offset:

@@ -15,6 +15,7 @@ the FEEDSVC_TEST_* addresses. Tests that need to stop or rebuild a server are
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 
@@ -62,9 +63,24 @@ def external_stack(environ: Mapping[str, str]) -> ExternalStack:
     )
 
 
-@pytest.fixture(scope="session")
+def _native_stack(extra_env: Mapping[str, str] | None = None) -> Stack:
+    stack = Stack(scratch_dir(), {**FAST, **(extra_env or {})}, log=_quiet)
+    try:
+        stack.up()
+    except BaseException:
+        stack.down()
+        raise
+    return stack
+
+
+@pytest.fixture
 def make_stack() -> Iterator[Callable[..., Stack]]:
-    """Builds native stacks under scratch directories; every one is torn down at the end."""
+    """Builds native stacks of the test's own; they are torn down when the test ends.
+
+    Note: per test, not per session: a drill's stack (a Kafka JVM, a PostgreSQL, api and
+    writer) left running until the session ends made every later test share the cores
+    with all of them.
+    """
     if COCKROACH:
         # A test that builds its own servers cannot run against the compose services.
         pytest.fail(
@@ -73,28 +89,25 @@ def make_stack() -> Iterator[Callable[..., Stack]]:
     made: list[Stack] = []
 
     def make(extra_env: Mapping[str, str] | None = None) -> Stack:
-        stack = Stack(scratch_dir(), {**FAST, **(extra_env or {})}, log=_quiet)
-        made.append(stack)
-        stack.up()
-        return stack
+        made.append(_native_stack(extra_env))
+        return made[-1]
 
     yield make
     for stack in made:
         stack.down()
+        shutil.rmtree(stack.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
+def stack() -> Iterator[Stack]:
     """The session's shared stack, ready: api, writer and the changefeed (or its stand-in)."""
-    if not COCKROACH:
-        yield request.getfixturevalue("make_stack")()
-        return
-    external = external_stack(os.environ)
+    shared = _native_stack() if not COCKROACH else external_stack(os.environ)
     try:
-        external.up()
-        yield external
+        if COCKROACH:
+            shared.up()
+        yield shared
     finally:
-        external.down()
+        shared.down()
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from aiokafka.structs import ConsumerRecord
 from local_stack import REPO, KafkaBroker, Postgres, Service
 from psycopg_pool import AsyncConnectionPool
 
-from feedsvc.relay.changefeed import Delete, Resolved, Row, decode_record, hlc_value
+from feedsvc.relay.changefeed import Delete, Gap, Resolved, Row, decode_record, hlc_value
 from feedsvc.relay.fanout import Fanout
 from feedsvc.store import MessageStore
 from tests.support import native_only
@@ -241,6 +241,7 @@ def test_resolved_records_follow_every_earlier_commit(feed: Feed) -> None:
             assert json.loads(record.value) == {"resolved": decoded.hlc}
             resolved_so_far = max(resolved_so_far, decoded.hlc, key=_hlc_key)
         else:
+            assert not isinstance(decoded, Gap)
             assert not isinstance(decoded, Delete) or decoded.updated
             assert decoded.updated is not None
             # A changefeed never sends a row at or below a resolved timestamp it sent.
@@ -327,7 +328,7 @@ def test_duplicate_every_n_rows(root: Path, postgres: Postgres, kafka: KafkaBrok
     assert len(seen) == 15
 
 
-def _decoded(records: Records) -> list[tuple[int, Row | Delete | Resolved]]:
+def _decoded(records: Records) -> list[tuple[int, Row | Delete | Resolved | Gap]]:
     return [(r.offset, decode_record(r.key, r.value)) for r in records]
 
 
@@ -426,7 +427,7 @@ def test_restart_window_is_dropped_by_every_relay(
 
 
 def _publish(
-    fanout: Fanout, records: list[tuple[int, Row | Delete | Resolved]]
+    fanout: Fanout, records: list[tuple[int, Row | Delete | Resolved | Gap]]
 ) -> dict[int, uuid.UUID]:
     """Offsets and message ids the fanout published (repeats dropped)."""
     published: dict[int, uuid.UUID] = {}

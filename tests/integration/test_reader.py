@@ -16,6 +16,7 @@ from aiokafka.errors import KafkaError
 from local_stack import KafkaBroker
 
 from feedsvc.config import load_settings
+from feedsvc.messages import FEED_RESTART_KEY, FeedRestart, encode_feed_restart
 from feedsvc.relay.fanout import Fanout, ReplayFrom, Reset, Subscription
 from feedsvc.relay.reader import RECREATED, CommittedReader
 from tests.support import native_only
@@ -170,4 +171,37 @@ async def test_recreated_topic_resets_subscribers_and_the_reader_goes_on(
         fresh = fanout.subscribe("-1")
         assert isinstance(fresh, Subscription)
         assert len(_offsets(fresh.take())) == 20
+        tg.cancel_scope.cancel()
+
+
+async def test_gap_marker_resets_streams_and_older_positions(kafka: KafkaBroker) -> None:
+    """Setup's gap marker read from a real broker: open streams end with its reason, a
+    position before it is `reset` (from the ring and from a Kafka replay), later ones work."""
+    topic = f"reader.{uuid.uuid4().hex[:8]}"
+    await _create(kafka.bootstrap, topic)
+    await _produce(kafka.bootstrap, topic, 0, 300)
+    reader = _reader(kafka, topic)
+    async with anyio.create_task_group() as tg:
+        fanout: Fanout = await tg.start(reader.run)
+        await _until(lambda: fanout.ready, 60, "the relay to catch up")
+        sub = fanout.subscribe(None)
+        assert isinstance(sub, Subscription)
+        marker = FeedRestart(reason="drill", previous_job=1, previous_high_water=None, at="1.0")
+        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all")
+        await producer.start()
+        try:
+            sent = await producer.send_and_wait(
+                topic, encode_feed_restart(marker), key=FEED_RESTART_KEY
+            )
+        finally:
+            await producer.stop()
+        await _produce(kafka.bootstrap, topic, 1000, 10)
+        await _until(lambda: fanout.head > sent.offset + 10, 60, "the marker and rows read")
+        reason = "the changefeed restarted with a gap: drill"
+        assert sub.take() == [] and sub.ended and sub.reset_reason == reason
+        assert fanout.subscribe(str(sent.offset - 1)) == Reset(reason)
+        assert fanout.subscribe("10") == Reset(reason)  # older than the ring: still reset
+        after = fanout.subscribe(str(sent.offset))
+        assert isinstance(after, Subscription)
+        assert len(_offsets(after.take())) == 10
         tg.cancel_scope.cancel()

@@ -5,13 +5,11 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from feedsvc.relay.changefeed import ChangefeedDecodeError, decode_record
+from feedsvc.messages import FEED_RESTART_KEY, FeedRestart, encode_feed_restart
+from feedsvc.relay.changefeed import ChangefeedDecodeError, Gap, decode_record
 from feedsvc.schema import (
     DEFAULT_GC_TTL_S,
-    RESTART_KEY,
     ChangefeedJob,
-    FeedRestart,
-    encode_restart,
     ensure_changefeed,
     job_state,
     parse_gc_ttl,
@@ -118,11 +116,18 @@ def test_gc_ttl_is_read_from_the_zone_configuration() -> None:
     assert parse_gc_ttl("something else") == DEFAULT_GC_TTL_S
 
 
-def test_restart_marker_is_skipped_by_the_current_relay() -> None:
-    """The marker is no changefeed record: today's relay skips it visibly instead of crashing."""
+def test_restart_marker_reads_as_a_gap() -> None:
+    """The marker is no changefeed record: the relay decodes it as a gap with its reason."""
     marker = FeedRestart(reason="test", previous_job=1, previous_high_water=None, at=NOW)
+    assert decode_record(FEED_RESTART_KEY, encode_feed_restart(marker)) == Gap(
+        "the changefeed restarted with a gap: test"
+    )
+
+
+def test_a_marker_that_is_not_one_is_undecodable() -> None:
+    """A record with the marker's key but another value is skipped like any bad record."""
     with pytest.raises(ChangefeedDecodeError):
-        decode_record(RESTART_KEY, encode_restart(marker))
+        decode_record(FEED_RESTART_KEY, b'{"feed_restart": 1}')
 
 
 class FakeConn:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from feedsvc.relay.changefeed import Delete, Row
+from feedsvc.relay.changefeed import Delete, Gap, Row
 from feedsvc.relay.fanout import Fanout, ReplayFrom, Reset, Subscription
 from feedsvc.relay.frames import EventId, event_id
 from feedsvc.relay.replay import Replay
@@ -110,3 +110,29 @@ def test_no_handover_before_the_ring() -> None:
     replay = Replay(fan, EventId(5, None))
     assert replay.handover(fan.floor - 1) is None
     assert isinstance(replay.handover(fan.floor), Subscription)
+
+
+def test_replay_that_crosses_a_gap_marker_ends_with_its_reset() -> None:
+    """Kafka holds setup's gap marker after the position: the frames before it, then `reset`."""
+    records: list[Row | Delete | None] = [row(i) for i in range(20)]
+    fan = _fanout(records)
+    answer = fan.subscribe(event_id(5, message(5).id))
+    assert isinstance(answer, ReplayFrom)
+    replay = Replay(fan, answer.after)
+    assert replay.start(0) == 0
+    for offset in range(8):
+        replay.feed(offset, records[offset])
+    assert replay.feed(8, Gap("the changefeed restarted with a gap: test")) == Reset(
+        "the changefeed restarted with a gap: test"
+    )
+
+
+def test_replay_past_a_gap_marker_ignores_it() -> None:
+    """A position after the marker is not affected by it."""
+    records: list[Row | Delete | None] = [row(i) for i in range(20)]
+    fan = _fanout(records)
+    answer = fan.subscribe(event_id(5, message(5).id))
+    assert isinstance(answer, ReplayFrom)
+    replay = Replay(fan, answer.after)
+    replay.start(0)
+    assert replay.feed(3, Gap("the changefeed restarted with a gap: test")) is None

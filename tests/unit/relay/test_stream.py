@@ -9,7 +9,7 @@ import anyio
 from feedsvc.messages import Message
 from feedsvc.relay.changefeed import hlc_value
 from feedsvc.relay.fanout import Fanout, ReplayFrom, Reset, Subscription
-from feedsvc.relay.frames import PING, parse_event_id, retry_frame
+from feedsvc.relay.frames import PING, event_id, parse_event_id, retry_frame
 from feedsvc.relay.reader import RECREATED
 from feedsvc.relay.replay import ReplaysBusy
 from feedsvc.relay.stream import BUSY, BUSY_RETRY_MS, RETRY_MS, FeedStream, History
@@ -127,3 +127,42 @@ async def test_idle_stream_sends_heartbeats() -> None:
     _, ping = await _take(stream.frames(), 2)
     assert ping == PING
     stream.close()
+
+
+GAP = "the changefeed restarted with a gap: test"
+
+
+async def test_gap_marker_resets_open_streams_and_their_ids_move_past_it() -> None:
+    """Setup's gap marker: every open stream gets `reset` and fresh history, with an id past
+    the marker, so the client's next reconnect is not reset again."""
+    fan = _fanout(3)
+    stream = FeedStream(fan, _no_replay, _history(3), last_event_id=None, limit=1, heartbeat_s=60)
+    frames = stream.frames()
+    await _take(frames, 2)
+    fan.gap(3, GAP)
+    reset, history = await _take(frames, 2)
+    [(reset_id, event, data)] = parse([reset])
+    assert (event, data) == ("reset", {"reason": GAP})
+    [(history_id, _, _)] = parse(_split([history]))
+    for eid in (reset_id, history_id):
+        position = parse_event_id(eid)
+        assert position is not None and position.offset >= 3, eid
+    fan.publish(4, row(4))
+    [live] = await _take(frames, 1)
+    assert texts(_split([live])) == ["message 4"]
+    stream.close()
+    again = fan.subscribe(history_id)
+    assert isinstance(again, Subscription), again
+    again.close()
+
+
+async def test_positions_before_a_gap_marker_are_reset_with_its_reason() -> None:
+    """A resume from before the marker would skip what the changefeed missed: `reset`."""
+    fan = _fanout(3)
+    fan.gap(3, GAP)
+    fan.publish(4, row(4))
+    for before in ("1", event_id(2, message(2).id)):
+        assert fan.subscribe(before) == Reset(GAP), before
+    after = fan.subscribe(event_id(4, message(4).id))
+    assert isinstance(after, Subscription)
+    after.close()
