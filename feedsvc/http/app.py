@@ -6,12 +6,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from litestar import Litestar
+from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 
 from feedsvc.config import Settings
 from feedsvc.http import feed, health, pages, reads, submit
+from feedsvc.http.access import AccessLog
 from feedsvc.http.admission import Admission
 from feedsvc.http.errors import http_exception_handler
 from feedsvc.http.submit import Submitter
@@ -38,9 +40,12 @@ def _provide(value: Any) -> Provide:
 
 def create_app(parts: ApiParts) -> Litestar:
     """The HTTP api over already-open resources; it opens nothing itself."""
-    return Litestar(
+    origins = parts.settings.cors_origin_list
+    app = Litestar(
         route_handlers=[
             pages.index,
+            pages.favicon,
+            *pages.static_routers(),
             submit.post_message,
             feed.feed,
             reads.list_messages,
@@ -58,8 +63,19 @@ def create_app(parts: ApiParts) -> Litestar:
             "reader": _provide(parts.reader),
         },
         exception_handlers={HTTPException: http_exception_handler},
-        openapi_config=OpenAPIConfig(title="feedsvc", version="1.0.0", path="/schema"),
+        openapi_config=OpenAPIConfig(
+            title="feedsvc", version="1.0.0", path="/schema", render_plugins=[pages.schema_ui()]
+        ),
+        # Litestar answers preflights and adds the CORS headers for allowed origins only:
+        # https://docs.litestar.dev/2/usage/middleware/builtin-middleware.html#cors
+        cors_config=CORSConfig(allow_origins=origins, expose_headers=["Location", "Retry-After"])
+        if origins
+        else None,
         debug=False,
         # Logging is configured once per process by feedsvc.logs, not by the framework.
         logging_config=None,
     )
+    # Around Litestar's whole handler (its exception and CORS layers included), so requests
+    # no route matches are logged too; the `middleware=` option wraps matched routes only.
+    app.asgi_handler = AccessLog(app.asgi_handler)
+    return app
