@@ -104,6 +104,7 @@ function viaLeaderTab() {
   // The lock is held while this tab lives; when it closes, the browser hands it to the
   // next tab waiting, which resumes from the last event id the old leader broadcast.
   navigator.locks.request("feedsvc-feed-leader", () => {
+    document.body.dataset.role = "leader";
     hub = new FeedHub(update => {
       apply(update);
       channel.postMessage(update);
