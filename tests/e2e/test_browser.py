@@ -39,9 +39,9 @@ pytestmark = pytest.mark.skipif(
 TABS = 10
 FANOUT_BOUND_S = 1.0
 """From the first tab showing a message to the tenth: the SharedWorker's fan-out."""
-DELIVERY_BOUND_S = 5.0
-"""From the POST's 202 to every tab showing it: writer, changefeed and relay included,
-with the other core busy with other tests."""
+DELIVERY_BOUND_S = 2.0
+"""From the POST's 202 to every tab showing it: writer, changefeed and relay included.
+Measured 0.16 s with the other core busy with other tests; the bound leaves room."""
 
 
 @dataclass
