@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -28,7 +28,7 @@ from playwright.async_api import (
     async_playwright,
 )
 
-from tests.support import COCKROACH, native_only, post_many
+from tests.support import COCKROACH, native_only, post_many, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -224,22 +224,92 @@ async def test_form_errors_in_plain_words(
     await page.wait_for_selector("#notice[data-kind=error]")
     assert (await page.inner_text("#notice")).startswith("That message was not accepted: ")
 
-    # The service's own 429 needs a full backlog; its wording is checked on a stand-in answer.
-    async def busy(route: Route) -> None:
+    # The service's own 429 and 503 need a full backlog or Kafka down (test_drills.py);
+    # the page's wording is checked on stand-in answers of the same shape.
+    for status, words in [
+        (429, "The service is busy right now. Please try again in 7 s."),
+        (503, "The service cannot take messages right now. Please try again in 7 s."),
+    ]:
+        await page.route("**/messages", refusing(status))
+        await page.fill("#author", author)
+        await page.click("#post button")
+        await page.wait_for_function(
+            "words => document.getElementById('notice').textContent === words", arg=words
+        )
+        await page.unroute("**/messages")
+    assert [f.split()[0] for f in watch.failed] == ["400", "429", "503"]
+
+
+def refusing(status: int) -> Callable[[Route], Awaitable[None]]:
+    """A route handler answering every request as a busy service would."""
+
+    async def refuse(route: Route) -> None:
         await route.fulfill(
-            status=429,
+            status=status,
             headers={"Retry-After": "7", "content-type": "application/json"},
-            body='{"error": "too_many_requests", "detail": "writer backlog over its limit"}',
+            body='{"error": "busy", "detail": "writer backlog over its limit"}',
         )
 
-    await page.route("**/messages", busy)
-    await page.fill("#author", author)
-    await page.click("#post button")
-    await page.wait_for_function("document.getElementById('notice').textContent.includes('busy')")
-    assert await page.inner_text("#notice") == (
-        "The service is busy right now. Please try again in 7 s."
+    return refuse
+
+
+def frame(event: str, event_id: str, data: str) -> str:
+    return f"id: {event_id}\nevent: {event}\ndata: {data}\n\n"
+
+
+def message_json(n: int) -> str:
+    return (
+        f'{{"id": "m{n}", "author": "ada", "text": "message {n}",'
+        ' "created_at": "2026-11-28T09:00:00Z"}'
     )
-    assert [f.split()[0] for f in watch.failed] == ["400", "429"]
+
+
+async def test_delete_reset_and_resume_events_change_what_is_shown(
+    context: BrowserContext, stack: Stack
+) -> None:
+    """`delete` removes a message, `resume` reconnects, `reset` clears the list for the
+    history that follows; the state line says each."""
+    # An EventSource in the page (leader tab), so the route below sees its requests.
+    await context.add_init_script(
+        "delete window.SharedWorker; window.states = [];"
+        "new MutationObserver(() => window.states.push(document.getElementById('state')"
+        ".dataset.state)).observe(document, {subtree: true, attributeFilter: ['data-state']});"
+    )
+    streams = [
+        "retry: 300\n\n"
+        + frame("message", "opaque/1", message_json(1))
+        + frame("message", "opaque/2", message_json(2))
+        + frame("delete", "opaque/3", '{"id": "m1"}')
+        + frame("resume", "opaque/3", '{"last_event_id": "opaque/3", "reason": "cut off"}'),
+        frame("reset", "opaque/9", '{"reason": "the topic was recreated"}')
+        + frame("message", "opaque/9", message_json(9)),
+        "retry: 600000\n\n: idle\n\n",
+    ]
+    asked: list[str] = []
+
+    async def scripted_feed(route: Route) -> None:
+        # (Chromium adds Last-Event-ID below what interception shows; the restart test
+        # below proves it is sent.)
+        asked.append(route.request.url)
+        body = streams[min(len(asked), len(streams)) - 1]
+        await route.fulfill(status=200, content_type="text/event-stream", body=body)
+
+    await context.route(lambda url: urlsplit(url).path == "/feed", scripted_feed)
+    page = await context.new_page()
+    await page.goto(stack.api_url)
+    await page.wait_for_function("window.states.includes('reset')", timeout=20_000)
+    await page.wait_for_function("document.querySelectorAll('#feed li').length === 1")
+    assert await shown_ids(page) == ["m9"]
+
+    async def reconnects() -> int:
+        return len(asked)
+
+    await wait_for(reconnects, lambda n: n >= 3, 20, "the reconnects")
+    states: list[str] = await page.evaluate("window.states")
+    # In this order, with repeats allowed: the reconnect after `resume` resumed, then `reset`.
+    seen = iter(states)
+    assert all(s in seen for s in ["live", "reconnecting", "resumed", "reset"]), states
+    assert await repeats(page) == 0
 
 
 async def test_no_favicon_404(context: BrowserContext, stack: Stack, watch: Watch) -> None:
