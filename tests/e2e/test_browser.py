@@ -387,6 +387,7 @@ def other_api(stack: Stack) -> Iterator[str]:
 
 
 @native_only
+@pytest.mark.slow
 async def test_every_tab_resumes_after_api_restart(
     context: BrowserContext, stack: Stack, client: httpx.AsyncClient, author: str
 ) -> None:
