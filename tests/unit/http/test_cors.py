@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, cast
 
 import httpx
@@ -21,9 +22,8 @@ OTHER = "https://evil.example"
 
 def app(cors_origins: str) -> Any:
     # The routes asked here use none of the collaborators.
-    unused = cast(Any, None)
-    settings = Settings(cors_origins=cors_origins)
-    return create_app(ApiParts(settings, unused, unused, unused, unused, unused))
+    unused = {f.name: cast(Any, None) for f in dataclasses.fields(ApiParts) if f.name != "settings"}
+    return create_app(ApiParts(settings=Settings(cors_origins=cors_origins), **unused))
 
 
 async def preflight(client: AsyncTestClient[Any], origin: str) -> httpx.Response:
