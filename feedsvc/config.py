@@ -94,6 +94,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str = "INFO"
     """Python logging level name."""
 
+    cors_origins: str = ""
+    """Comma-separated origins (`https://app.example`) whose pages may call the api; empty
+    sends no CORS headers, so browsers keep other origins out."""
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        """`cors_origins` split into origins, blanks dropped."""
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
     @property
     def changefeed_sink(self) -> str:
         """The Kafka bootstrap address CockroachDB writes the changefeed to."""
@@ -129,6 +138,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             )
         if self.submitted_retention_ms < 1 and self.submitted_retention_ms != -1:
             raise ValueError(f"{PREFIX}SUBMITTED_RETENTION_MS must be positive, or -1 (forever)")
+        for origin in self.cors_origin_list:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValueError(
+                    f"{PREFIX}CORS_ORIGINS: {origin!r} is not an origin like https://app.example"
+                )
         for name in ("backlog_refresh_s", "kafka_timeout_s", "heartbeat_s", "shutdown_grace_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{PREFIX}{name.upper()} must be above zero")

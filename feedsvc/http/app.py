@@ -6,11 +6,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from litestar import Litestar
+from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 from feedsvc.config import Settings
 from feedsvc.http import feed, health, pages, reads, submit
+from feedsvc.http.access import AccessLog
 from feedsvc.http.admission import Admission
 from feedsvc.http.errors import exception_handlers
 from feedsvc.http.submit import Submitter
@@ -39,9 +41,12 @@ def _provide(value: Any) -> Provide:
 
 def create_app(parts: ApiParts) -> Litestar:
     """The HTTP api over already-open resources; it opens nothing itself."""
-    return Litestar(
+    origins = parts.settings.cors_origin_list
+    app = Litestar(
         route_handlers=[
             pages.index,
+            pages.favicon,
+            *pages.static_routers(),
             submit.post_message,
             feed.feed,
             reads.list_messages,
@@ -60,8 +65,19 @@ def create_app(parts: ApiParts) -> Litestar:
             "fanout": _provide(parts.fanout),
         },
         exception_handlers=exception_handlers(),
-        openapi_config=OpenAPIConfig(title="feedsvc", version="1.0.0", path="/schema"),
+        openapi_config=OpenAPIConfig(
+            title="feedsvc", version="1.0.0", path="/schema", render_plugins=[pages.schema_ui()]
+        ),
+        # Litestar answers preflights and adds the CORS headers for allowed origins only:
+        # https://docs.litestar.dev/2/usage/middleware/builtin-middleware.html#cors
+        cors_config=CORSConfig(allow_origins=origins, expose_headers=["Location", "Retry-After"])
+        if origins
+        else None,
         debug=False,
         # Logging is configured once per process by feedsvc.logs, not by the framework.
         logging_config=None,
     )
+    # Around Litestar's whole handler (its exception and CORS layers included), so requests
+    # no route matches are logged too; the `middleware=` option wraps matched routes only.
+    app.asgi_handler = AccessLog(app.asgi_handler)
+    return app

@@ -1,55 +1,86 @@
-"""`GET /`: a small page that shows the live feed and posts messages, for people to try."""
+"""What people open in a browser: the page at `/`, its static files, the favicon, `/schema`.
+
+Every asset is served by the api itself, so the page and the OpenAPI UI work offline.
+"""
 
 from __future__ import annotations
 
-from litestar import get
-from litestar.response import Response
+import importlib.util
+from pathlib import Path
 
-_PAGE = """<!doctype html>
+from litestar import Router, get
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.response import File, Response
+from litestar.static_files import create_static_files_router
+
+STATIC = Path(__file__).parent / "static"
+"""The page's scripts and the favicon (shipped in the wheel with the package)."""
+
+FAVICON_LINK = '<link rel="icon" type="image/svg+xml" href="/static/favicon.svg">'
+SWAGGER_UI_PATH = "/static/swagger-ui"
+
+_PAGE = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>feedsvc</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
- body{font:15px/1.4 system-ui,sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem;color:#222}
- form{display:flex;gap:.5rem;margin-bottom:1rem} input{padding:.4rem} #text{flex:1}
- #status{color:#666;font-size:13px} li{list-style:none;border-bottom:1px solid #eee;padding:.4rem 0}
- .who{font-weight:600} .when{color:#888;font-size:12px;margin-left:.4rem} ul{padding:0}
-</style></head><body>
+{FAVICON_LINK}
+<link rel="stylesheet" href="/static/page.css"></head><body>
 <h1>feedsvc</h1>
 <form id="post"><input id="author" placeholder="author" maxlength="32" required>
 <input id="text" placeholder="what's happening?" maxlength="280" required>
 <button>Post</button></form>
-<div id="status">connecting…</div><ul id="feed"></ul>
+<div id="notice" role="status"></div>
+<div>feed: <span id="state" data-state="connecting">connecting…</span></div>
+<ul id="feed" data-repeats="0"></ul>
 <p><a href="/schema">API documentation</a></p>
-<script>
-const feed = document.getElementById("feed"), status = document.getElementById("status");
-const seen = new Set();
-function show(m) {
-  if (seen.has(m.id)) return; seen.add(m.id);
-  const li = document.createElement("li"), who = document.createElement("span"),
-        when = document.createElement("span"), text = document.createElement("div");
-  who.className = "who"; who.textContent = "@" + m.author;
-  when.className = "when"; when.textContent = new Date(m.created_at).toLocaleTimeString();
-  text.textContent = m.text; li.append(who, when, text); feed.prepend(li);
-  while (feed.children.length > 200) feed.lastChild.remove();
-}
-const source = new EventSource("/feed");
-source.onopen = () => status.textContent = "live";
-source.onerror = () => status.textContent = "reconnecting…";
-source.addEventListener("message", e => show(JSON.parse(e.data)));
-source.addEventListener("reset", () => { feed.replaceChildren(); seen.clear(); });
-document.getElementById("post").onsubmit = async e => {
-  e.preventDefault();
-  const r = await fetch("/messages", {method: "POST", headers: {"content-type": "application/json"},
-    body: JSON.stringify({author: author.value, text: text.value})});
-  const body = await r.json();
-  status.textContent = r.ok ? "posted" : (body.detail || r.statusText);
-  if (r.ok) text.value = "";
-};
-</script></body></html>
+<script src="/static/feed-hub.js"></script>
+<script src="/static/page.js"></script>
+</body></html>
 """
 
 
 @get("/", include_in_schema=False)
 async def index() -> Response[str]:
-    """The demo page."""
+    """The demo page: the live feed and a post form."""
     return Response(_PAGE, media_type="text/html")
+
+
+@get("/favicon.ico", include_in_schema=False)
+async def favicon() -> File:
+    """The icon browsers ask for on their own, on pages that name none."""
+    return File(
+        STATIC / "favicon.svg", media_type="image/svg+xml", content_disposition_type="inline"
+    )
+
+
+def swagger_ui_dir() -> Path:
+    """Swagger UI's files as the `swagger-ui-py` package ships them (Apache-2.0).
+
+    Note: found without importing the package, whose Python side (jinja2 templates for
+    other frameworks) we do not use.
+    """
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the swagger-ui-py package is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "static"
+
+
+def static_routers() -> list[Router]:
+    """Our own assets under `/static`, Swagger UI's under `/static/swagger-ui`."""
+    return [
+        create_static_files_router(SWAGGER_UI_PATH, [swagger_ui_dir()], name="swagger-ui"),
+        create_static_files_router("/static", [STATIC], name="static"),
+    ]
+
+
+def schema_ui() -> SwaggerRenderPlugin:
+    """Swagger UI ("Try it out") at `/schema`, its JS and CSS from this api, not a CDN.
+
+    https://docs.litestar.dev/2/usage/openapi/ui_plugins.html (js_url, css_url, favicon)
+    """
+    return SwaggerRenderPlugin(
+        path="/",
+        js_url=f"{SWAGGER_UI_PATH}/swagger-ui-bundle.js",
+        css_url=f"{SWAGGER_UI_PATH}/swagger-ui.css",
+        standalone_preset_js_url=f"{SWAGGER_UI_PATH}/swagger-ui-standalone-preset.js",
+        favicon=FAVICON_LINK,
+    )

@@ -25,6 +25,7 @@ def test_values_are_converted() -> None:
         ({"FEED_MAX_INFLIGHT": "0"}, "FEED_MAX_INFLIGHT"),
         ({"FEED_HEARTBEAT_S": "-1"}, "FEED_HEARTBEAT_S"),
         ({"FEED_MAX_INFLIGT": "10"}, "FEED_MAX_INFLIGT"),
+        ({"FEED_CORS_ORIGINS": "https://ok.example,app.example"}, "FEED_CORS_ORIGINS"),
     ],
 )
 def test_bad_variable_is_named(environ: dict[str, str], named: str) -> None:

@@ -1,0 +1,65 @@
+"""Access logs: one JSON line per HTTP request, written when the request completes.
+
+A `/feed` stream is one request: it is logged once, when the connection ends, with the
+whole time it was open; its events are not logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("feedsvc.access")
+
+_LOCATION = b"location"
+
+
+class AccessLog:
+    """ASGI middleware around the whole app, so 404s, 405s and CORS preflights are logged too.
+
+    Note: the line carries method, path (no query string: it may hold cursors and ids of
+    no use here), status (500 when the app failed before answering, 0 when the client
+    left first), `duration_ms`, and `message_id` when the answer names one in its
+    `Location` header (a 202 to `POST /messages`). Cheap on the hot POST path: no
+    regex, no encoding beyond the log line itself.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP or not log.isEnabledFor(logging.INFO):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 0
+        location: bytes | None = None
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status, location
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                for name, value in message.get("headers", ()):
+                    if name.lower() == _LOCATION:
+                        location = value
+            await send(message)
+
+        failed = False
+        try:
+            await self.app(scope, receive, send_and_note)
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            fields: dict[str, object] = {
+                "method": scope.get("method"),
+                "path": scope["path"],
+                "status": 500 if failed and status == 0 else status,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+            }
+            if location is not None:
+                fields["message_id"] = location.rpartition(b"/")[2].decode("latin-1")
+            log.info("request", extra=fields)
