@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -14,10 +16,13 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
     CoordinatorLoadInProgressError,
     GroupCoordinatorNotAvailableError,
+    InvalidProducerIdMapping,
     KafkaConnectionError,
     KafkaError,
     NotCoordinatorError,
+    OutOfOrderSequenceNumber,
     TopicAlreadyExistsError,
+    UnknownProducerId,
 )
 
 from feedsvc.config import Settings
@@ -58,18 +63,86 @@ async def start_with_retry(
             delay = min(delay * 2, 2.0)
 
 
+# Errors after which aiokafka's idempotent producer never sends again: it keeps the
+# refused sequence numbers (and producer id) for good, so every later send fails the same
+# way until the process restarts: https://github.com/aio-libs/aiokafka/issues/1017
+SESSION_LOST = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerIdMapping)
+
+
+class RenewingProducer:
+    """An idempotent producer that starts a new idempotent session when the broker refuses
+    the old one's sequence numbers (after an outage cut sends off mid-flight).
+
+    Note: the send that hit the refusal still fails (the caller answers or retries as for
+    any Kafka error); sends after the new session has started go through it. A record the
+    old session did get through may be written again by a retry: every consumer of our
+    topics is idempotent by message id (the writer's insert-if-absent stores it once).
+    """
+
+    def __init__(self, factory: Callable[[], AIOKafkaProducer]) -> None:
+        self._factory = factory
+        self._client: AIOKafkaProducer | None = None
+        self._renewal: asyncio.Task[None] | None = None
+        self.renewals = 0
+        """New sessions started since start."""
+
+    async def start(self) -> None:
+        """Start the first session, waiting for the broker (`start_with_retry`)."""
+        client = self._factory()
+        await start_with_retry(client.start, "producer")
+        self._client = client
+
+    async def stop(self) -> None:
+        """Stop the session (and a renewal under way)."""
+        if self._renewal is not None:
+            self._renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewal
+        if self._client is not None:
+            await self._client.stop()
+
+    async def send_and_wait(
+        self, topic: str, value: bytes, key: bytes | None = None, **options: Any
+    ) -> Any:
+        """Send one record; returns its metadata once Kafka acknowledged it."""
+        client = self._client
+        if client is None:
+            raise RuntimeError("the producer is not started")
+        try:
+            return await client.send_and_wait(topic, value, key=key, **options)
+        except SESSION_LOST:
+            if self._renewal is None and self._client is client:
+                self._renewal = asyncio.get_running_loop().create_task(self._renew(client))
+            raise
+
+    async def _renew(self, lost: AIOKafkaProducer) -> None:
+        try:
+            fresh = self._factory()
+            await start_with_retry(fresh.start, "producer")
+            self._client = fresh
+            self.renewals += 1
+            log.warning("kafka producer renewed: its idempotent session was refused")
+            await lost.stop()
+        finally:
+            self._renewal = None
+
+
 @asynccontextmanager
-async def producer(settings: Settings, **options: Any) -> AsyncIterator[AIOKafkaProducer]:
+async def producer(settings: Settings, **options: Any) -> AsyncIterator[RenewingProducer]:
     """An idempotent producer with `acks=all`: a send succeeds only once every replica has it."""
-    client = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        acks="all",
-        enable_idempotence=True,
-        # Bounded waits everywhere: a send that cannot be delivered fails instead of hanging.
-        request_timeout_ms=int(settings.kafka_timeout_s * 1000),
-        **options,
-    )
-    await start_with_retry(client.start, "producer")
+
+    def factory() -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            # Bounded waits everywhere: a send that cannot be delivered fails, not hangs.
+            request_timeout_ms=int(settings.kafka_timeout_s * 1000),
+            **options,
+        )
+
+    client = RenewingProducer(factory)
+    await client.start()
     try:
         yield client
     finally:

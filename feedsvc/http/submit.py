@@ -8,7 +8,6 @@ import re
 from typing import Any
 
 import psycopg
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from litestar import Request, Response, post
 from litestar.di import NamedDependency
@@ -16,7 +15,7 @@ from litestar.di import NamedDependency
 from feedsvc.http.admission import Admission, Refusal
 from feedsvc.http.errors import problem
 from feedsvc.http.idempotency import Earlier, KeyLedger, KeyReused
-from feedsvc.kafka import SUBMITTED
+from feedsvc.kafka import SUBMITTED, RenewingProducer
 from feedsvc.messages import (
     MAX_BODY_BYTES,
     Accepted,
@@ -44,7 +43,7 @@ class Submitter:
     """
 
     def __init__(
-        self, producer: AIOKafkaProducer, admission: Admission, metrics: Metrics, timeout_s: float
+        self, producer: RenewingProducer, admission: Admission, metrics: Metrics, timeout_s: float
     ) -> None:
         self.producer = producer
         self.admission = admission
