@@ -49,7 +49,7 @@ class Options:
         """The defaults (short trials, fewer steps when `quick`)."""
         counts = tuple(subscribers or (1000, 5000))
         if quick:
-            return cls(counts, trial_seconds=4.0, steps=3, start_rate=10.0)
+            return cls(counts, trial_seconds=3.0, steps=3, start_rate=10.0)
         return cls(counts)
 
 

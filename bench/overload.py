@@ -57,6 +57,8 @@ class BacklogWatch:
     def __init__(self, url: str) -> None:
         self.url = url
         self.max: int | None = None
+        self.reads = 0
+        self.failed = 0  # reads that got no gauge: /metrics slow (5 s) or the gauge hidden
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -71,7 +73,10 @@ class BacklogWatch:
     def _run(self) -> None:
         while not self._stop.wait(0.5):
             value = metrics(self.url).get("feedsvc_writer_backlog")
-            if value is not None:
+            self.reads += 1
+            if value is None:
+                self.failed += 1
+            else:
                 self.max = max(self.max or 0, int(value))
 
 
@@ -134,6 +139,9 @@ def run(opts: Options, stacks: Stacks | None = None) -> Overload:
             "reject_p99_ms": "from a 20/s httpx sampler beside wrk: its 429 and 503 answers",
             "sampler_statuses": sampler.statuses(),
             "sampler_rejects": len(rejects),
+            "sampler_p99_ms_any_answer": ms(percentile(sampler.latencies_s(None), 99)),
+            "backlog_reads": backlog.reads,
+            "backlog_reads_without_gauge": backlog.failed,
             "wrk_errors": load.result.get("errors"),
             "processes": "1 api, 1 writer, PostgreSQL, 1 Kafka broker; "
             + (
