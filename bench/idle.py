@@ -12,6 +12,7 @@ are open (each post is then delivered to every connection).
 from __future__ import annotations
 
 import math
+import resource
 import time
 from dataclasses import dataclass
 
@@ -44,7 +45,9 @@ class Options:
         """The defaults (4,000 connections and one heartbeat period when `quick`)."""
         if quick:
             return cls(connections or 4_000, 2_000, heartbeat_window_s=16.0, post_seconds=4.0)
-        return cls(connections or 40_000)
+        wanted = connections or 40_000
+        # A client process holds its share of the sockets under its own file limit.
+        return cls(wanted, client_procs=max(2, math.ceil(wanted / 15_000)))
 
 
 def source_addresses(connections: int) -> list[str]:
@@ -105,6 +108,10 @@ def run(opts: Options, stacks: Stacks | None = None) -> Idle:
             "loadavg_after": loadavg(),
             "source_addresses": addrs,
             "fd_limit": fd_limit,
+            "fd_hard_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
+            "fd_note": "the api holds one descriptor per connection: it cannot hold more "
+            "than the file limit, which only a process with CAP_SYS_RESOURCE can raise "
+            "above the hard limit",
             "heartbeat_window_s": opts.heartbeat_window_s,
             "heartbeat_cpu_pct": "api CPU over the window, nothing posted (idle api included)",
             "rss_per_conn_kb": "api RSS growth from before opening to 3 s after, per held conn",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from bench.idle import source_addresses
 from bench.stats import percentile, ratio, search_rate
 
 
@@ -53,3 +54,10 @@ def test_search_stops_at_the_step_budget_and_the_ceiling() -> None:
     best, trials = search_rate(lambda r: (True, r), start=10, steps=10, ceiling=35)
     assert max(t.rate for t in trials) == 35
     assert best is not None and best.rate == 35
+
+
+def test_enough_source_addresses_for_the_connections() -> None:
+    """One loopback address per 20,000 sockets, counting up from 127.0.0.1."""
+    assert source_addresses(4000) == ["127.0.0.1"]
+    assert source_addresses(40_000) == ["127.0.0.1", "127.0.0.2"]
+    assert source_addresses(40_001) == ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
