@@ -37,6 +37,8 @@ FROM builder AS test
 RUN uv sync --frozen --no-editable
 COPY tests/ tests/
 COPY scripts/ scripts/
+# The benchmarks' package: its unit tests run here; it is not in the wheel (pyproject).
+COPY bench/ bench/
 # Root, unlike the runtime: pytest writes its caches under /src, and the tests write
 # their process logs under /tmp (local_stack.scratch_dir).
 ENV PATH=/app/.venv/bin:$PATH \

@@ -2,13 +2,13 @@
 
 Every `GET /feed` gets an asyncio queue of its own and a `Stream` that writes whatever the
 queue holds; `POST /broadcast?rate=R&seconds=S` then encodes one frame shaped like the
-feed's (`feedsvc.relay.frames.message_frame` of a message of the bench's size) R times a
+feed's (`id:`, `event: message`, `data:` the message JSON, of the bench's size) R times a
 second for S seconds and puts the same bytes object in every queue. `GET /sent` answers
 `[[message id, time.monotonic() when it was queued], ...]` (the monotonic clock is the
 machine's, so the bench compares it with its clients' read times). Served by uvicorn on
-uvloop with the api's options and listening socket, so `scripts/bench feed` sets the api's
+uvloop with the api's options and listening socket, so `bench.fanout` sets the api's
 fan-out beside what the framework alone does on the same machine with the same clients.
-Usage: python scripts/bench_feed_baseline.py PORT TEXT
+Usage: python -m bench.baseline_feed PORT TEXT
 """
 
 from __future__ import annotations
@@ -22,15 +22,21 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import anyio
+import msgspec
 import uvicorn
 from litestar import Litestar, get, post
 from litestar.response import Stream
 
 from feedsvc.config import Settings
 from feedsvc.messages import Message
-from feedsvc.relay.frames import message_frame, retry_frame
 
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_encoder = msgspec.json.Encoder()
+
+
+def message_frame(eid: str, message: Message) -> bytes:
+    """An `event: message` frame as the feed writes it (kept here: the feed's may change)."""
+    return b"id: %s\nevent: message\ndata: %s\n\n" % (eid.encode(), _encoder.encode(message))
 
 
 class Hub:
@@ -61,7 +67,7 @@ HUB = Hub("")
 async def _frames(queue: asyncio.Queue[bytes]) -> AsyncIterator[bytes]:
     HUB.queues.add(queue)
     try:
-        yield retry_frame(2000)
+        yield b"retry: 2000\n\n"
         while True:
             frames = [await queue.get()]
             while not queue.empty():

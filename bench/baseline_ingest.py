@@ -1,8 +1,8 @@
 """The benchmark's baseline: a bare Litestar handler that validates a POST body, nothing else.
 
-Served by uvicorn on uvloop with the api's options, so `scripts/bench ingest` can set the
+Served by uvicorn on uvloop with the api's options, so `bench.ingest` can set the
 api's rate beside what the framework alone reaches on the same machine in the same run.
-Usage: python scripts/bench_baseline.py PORT
+Usage: python -m bench.baseline_ingest PORT
 """
 
 from __future__ import annotations

@@ -1,0 +1,153 @@
+"""`overload`: POSTs offered at 10x the sustainable rate; what is refused, how fast, and lost.
+
+The sustainable rate is measured first in the same run (wrk as fast as the api answers,
+like `ingest`) unless given. wrk then offers ten times that, paced, on many connections;
+beside it a light sampler posts a few times a second and times each answer, since wrk's
+latency figures do not tell a 429 from a 202. The writer's backlog is read from the api's
+`/metrics` (`feedsvc_writer_backlog`) throughout. Lost: accepted (202) and not stored.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from shutil import rmtree
+
+from bench.poll import wait_settled
+from bench.poster import Poster
+from bench.proc import raise_fd_limit
+from bench.report import loadavg, machine, say
+from bench.result import Overload
+from bench.stack import Stacks, metrics, stored_count, stored_ids
+from bench.stats import ms, percentile
+from bench.wrk import Load
+
+BACKLOG_LIMIT = 20_000
+"""FEED_MAX_BACKLOG for this scenario: low enough that a writer falling behind reaches it
+within the run (the shipped default, 100,000, takes minutes to reach at these rates)."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """How long to overload, and the sustainable rate if known.
+
+    Note: wrk keeps one request in flight per connection, so it offers more than the api
+    answers only with more connections than the api's in-flight limit (FEED_MAX_INFLIGHT,
+    2,000): below that, the load is closed-loop and nothing is ever refused.
+    """
+
+    seconds: float = 30.0
+    probe_seconds: float = 10.0
+    sustainable: int = 0
+    connections: int = 3000
+
+    @classmethod
+    def make(cls, quick: bool, sustainable: int = 0) -> Options:
+        """The defaults (20 s of overload when `quick`)."""
+        if quick:
+            return cls(seconds=20.0, probe_seconds=5.0, sustainable=sustainable)
+        return cls(sustainable=sustainable)
+
+
+class BacklogWatch:
+    """Reads the writer backlog gauge every half second on a thread; keeps the maximum."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.max: int | None = None
+        self.reads = 0
+        self.failed = 0  # reads that got no gauge: /metrics slow (5 s) or the gauge hidden
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> BacklogWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            value = metrics(self.url).get("feedsvc_writer_backlog")
+            self.reads += 1
+            if value is None:
+                self.failed += 1
+            else:
+                self.max = max(self.max or 0, int(value))
+
+
+def run(opts: Options, stacks: Stacks | None = None) -> Overload:
+    """Measure the sustainable rate (unless given), then offer ten times it."""
+    raise_fd_limit(opts.connections + 4096)
+    workdir = Path(tempfile.mkdtemp(prefix="feedsvc-bench-"))
+    shared = stacks is not None and stacks.shared
+    env = {"FEED_MAX_BACKLOG": str(BACKLOG_LIMIT)}
+    try:
+        with (stacks or Stacks()).get(("writer", "api"), env) as stack:
+            load_before = loadavg()
+            sustainable = opts.sustainable
+            base_rows = stored_count(stack.database_url)
+            probe_ids: list[str] = []
+            if not sustainable:
+                say(f"overload: measuring the sustainable rate for {opts.probe_seconds:g}s")
+                probe = Load(stack.api_url, opts.probe_seconds).run(workdir)
+                sustainable = max(1, round(len(probe.ids) / probe.duration_s))
+                probe_ids = probe.ids
+            offered = 10 * sustainable
+            say(f"overload: offering {offered}/s (10 x {sustainable}) for {opts.seconds:g}s")
+            sampler = Poster(stack.api_url, 20.0, author="bench_sampler").background()
+            with BacklogWatch(stack.api_url) as backlog:
+                load = Load(stack.api_url, opts.seconds, offered, opts.connections, threads=2).run(
+                    workdir
+                )
+            sampler.stop()
+            load_after = loadavg()
+            accepted = [*probe_ids, *load.ids, *sampler.accepted]
+            say(f"overload: {len(accepted)} accepted in all; waiting for the writer")
+            wait_settled(
+                lambda: stored_count(stack.database_url) - base_rows, len(accepted), 15, 180
+            )
+            stored = set(stored_ids(stack.database_url))
+    finally:
+        rmtree(workdir, ignore_errors=True)
+    rejects = sampler.latencies_s("429") + sampler.latencies_s("503")
+    statuses = dict(load.statuses)
+    return Overload(
+        offered_per_s=round((load.answered + int(load.result["errors"])) / load.duration_s),
+        accepted_per_s=round(len(load.ids) / load.duration_s),
+        rejected_429=statuses.get("429", 0),
+        rejected_503=statuses.get("503", 0),
+        reject_p99_ms=ms(percentile(rejects, 99)),
+        max_backlog=backlog.max,
+        backlog_limit=BACKLOG_LIMIT,
+        lost=len(set(accepted) - stored),
+        sustainable_per_s=sustainable,
+        statuses=statuses,
+        conditions={
+            **machine(),
+            "loadavg_before": load_before,
+            "loadavg_after": load_after,
+            "seconds": opts.seconds,
+            "target_offered_per_s": 10 * sustainable,
+            "connections": opts.connections,
+            "offered_per_s": "requests wrk completed or saw fail, per second (paced at 10x, "
+            "2 threads; wrk cannot offer more than its connections allow)",
+            "reject_p99_ms": "from a 20/s httpx sampler beside wrk: its 429 and 503 answers",
+            "sampler_statuses": sampler.statuses(),
+            "sampler_rejects": len(rejects),
+            "sampler_p99_ms_any_answer": ms(percentile(sampler.latencies_s(None), 99)),
+            "backlog_reads": backlog.reads,
+            "backlog_reads_without_gauge": backlog.failed,
+            "wrk_errors": load.result.get("errors"),
+            "processes": "1 api, 1 writer, PostgreSQL, 1 Kafka broker; "
+            + (
+                "changefeed stand-in (one stack shared by every scenario)"
+                if shared
+                else "no changefeed"
+            ),
+        },
+    )
