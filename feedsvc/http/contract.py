@@ -11,13 +11,18 @@ from dataclasses import dataclass
 
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 
-from feedsvc.messages import MAX_TEXT_CHARS
+from feedsvc.messages import AUTHOR_PATTERN, MAX_TEXT_CHARS
+
+
+def _ecma(python_pattern: str) -> str:
+    """A Python `\\A...\\Z` regex as JSON Schema writes it (ECMA-262: `$` ends the input)."""
+    return "^" + python_pattern.removeprefix("\\A").removesuffix("\\Z") + "$"
+
 
 SUBMISSION = Schema(
     type=OpenAPIType.OBJECT,
     properties={
-        # ECMA-262 regex, as JSON Schema uses: `$` is the end of input there.
-        "author": Schema(type=OpenAPIType.STRING, pattern="^[A-Za-z0-9_]{1,32}$", max_length=32),
+        "author": Schema(type=OpenAPIType.STRING, pattern=_ecma(AUTHOR_PATTERN), max_length=32),
         "text": Schema(
             type=OpenAPIType.STRING,
             min_length=1,
