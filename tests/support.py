@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,7 +17,7 @@ import msgspec
 import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from local_stack import Stack
+from local_stack import Service, Stack, free_port
 
 T = TypeVar("T")
 
@@ -153,3 +155,23 @@ async def post_many(
         assert r.status_code == 202, r.text
         ids.append(r.json()["id"])
     return ids
+
+
+@contextmanager
+def extra_api(stack: Stack, name: str = "api2", **env: str) -> Iterator[str]:
+    """Another api process on the same stack (another replica), with `env` on top of the
+    stack's settings; yields its URL and stops it on the way out."""
+    port = free_port()
+    api = Service(
+        name,
+        [sys.executable, "-m", "feedsvc", "api"],
+        {**stack.env(), "FEED_PORT": str(port), **env},
+        stack.root / "logs" / f"{name}-{port}.log",
+    )
+    api.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        api.wait_http_ok(f"{url}/health/ready", 60)
+        yield url
+    finally:
+        api.terminate(15)

@@ -7,10 +7,8 @@ browser is never downloaded (`scripts/bootstrap` installs Debian's `chromium`).
 
 from __future__ import annotations
 
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -18,7 +16,7 @@ import anyio
 import httpx
 import psycopg
 import pytest
-from local_stack import Service, Stack, free_port
+from local_stack import Stack
 from playwright.async_api import (
     Browser,
     BrowserContext,
@@ -28,7 +26,7 @@ from playwright.async_api import (
     async_playwright,
 )
 
-from tests.support import COCKROACH, native_only, post_many, wait_for
+from tests.support import COCKROACH, extra_api, native_only, post_many, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -367,25 +365,6 @@ async def test_ten_tabs_share_one_stream(
     assert watch.errors == []
 
 
-@contextmanager
-def other_api(stack: Stack) -> Iterator[str]:
-    """A second api process on the same stack, to post through while the first is down."""
-    port = free_port()
-    api = Service(
-        "api-browser",
-        [sys.executable, "-m", "feedsvc", "api"],
-        {**stack.env(), "FEED_PORT": str(port)},
-        stack.root / "logs" / f"api-browser-{port}.log",
-    )
-    api.start()
-    try:
-        url = f"http://127.0.0.1:{port}"
-        api.wait_http_ok(f"{url}/health/ready", 60)
-        yield url
-    finally:
-        api.terminate(15)
-
-
 @native_only
 @pytest.mark.slow
 async def test_every_tab_resumes_after_api_restart(
@@ -398,7 +377,7 @@ async def test_every_tab_resumes_after_api_restart(
 
     await anyio.to_thread.run_sync(stack.service("api").terminate, 15.0)
     await pages[0].wait_for_selector("#state[data-state=reconnecting]", timeout=20_000)
-    with other_api(stack) as other:
+    with extra_api(stack, "api-browser") as other:
         async with httpx.AsyncClient(base_url=other, timeout=30) as http:
             during = await post_many(http, author, 3, "during")
     await anyio.to_thread.run_sync(stack.up)

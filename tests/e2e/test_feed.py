@@ -6,8 +6,8 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import anyio
 import httpx
@@ -16,7 +16,15 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 from local_stack import Service, Stack, free_port
 
-from tests.support import SseEvent, SseReader, native_only, post_many, stored_ids, wait_for
+from tests.support import (
+    SseEvent,
+    SseReader,
+    extra_api,
+    native_only,
+    post_many,
+    stored_ids,
+    wait_for,
+)
 
 
 @asynccontextmanager
@@ -34,26 +42,6 @@ async def open_feed(
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         yield SseReader(response)
-
-
-@contextmanager
-def extra_api(stack: Stack, **env: str) -> Iterator[str]:
-    """A second api process on the same stack (another replica); yields its URL."""
-    port = free_port()
-    settings = {**stack.env(), "FEED_PORT": str(port), **env}
-    api = Service(
-        "api2",
-        [sys.executable, "-m", "feedsvc", "api"],
-        settings,
-        stack.root / "logs" / f"api2-{port}.log",
-    )
-    api.start()
-    try:
-        url = f"http://127.0.0.1:{port}"
-        api.wait_http_ok(f"{url}/health/ready", 60)
-        yield url
-    finally:
-        api.terminate(15)
 
 
 def ids_of(events: list[SseEvent]) -> list[str]:

@@ -5,44 +5,23 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 
 import anyio
 import httpx
 import pytest
-from local_stack import Service, Stack, free_port
+from local_stack import Stack
 
 from feedsvc.config import Settings
 from feedsvc.kafka import SUBMITTED
-from tests.support import end_offsets, native_only, stored_ids, wait_for
+from tests.support import end_offsets, extra_api, native_only, stored_ids, wait_for
 
 JSON = {"content-type": "application/json"}
 AUTHOR_RULE = "author must be 1-32 characters of A-Z, a-z, 0-9 and _"
-
-
-@contextmanager
-def another_api(stack: Stack) -> Iterator[str]:
-    """A second api process on the same stack (another replica); yields its URL."""
-    port = free_port()
-    api = Service(
-        "api-b",
-        [sys.executable, "-m", "feedsvc", "api"],
-        {**stack.env(), "FEED_PORT": str(port)},
-        stack.root / "logs" / f"api-b-{port}.log",
-    )
-    api.start()
-    try:
-        url = f"http://127.0.0.1:{port}"
-        api.wait_http_ok(f"{url}/health/ready", 60)
-        yield url
-    finally:
-        api.terminate(15)
 
 
 async def test_accepted_message_is_stored(
@@ -270,7 +249,7 @@ async def test_idempotency_key_reused_for_another_text_is_422(
     assert await end_offsets(stack, SUBMITTED) == before
     await wait_for(lambda: stored_ids(stack, author), lambda ids: len(ids) == 1, 20, "the row")
     # Another replica never saw the key: the database answers for it.
-    with another_api(stack) as url:
+    with extra_api(stack, "api-b") as url:
         async with httpx.AsyncClient(base_url=url, timeout=30) as other:
             body = {"author": author, "text": "other"}
             reused = await other.post("/messages", json=body, headers=key)
