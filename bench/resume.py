@@ -27,10 +27,9 @@ from bench.result import Resume
 from bench.stack import Stacks, metrics, stored_count
 from bench.wrk import Load
 
-CONSUMER_GAUGE = re.compile(r"^feedsvc_[a-z_]*(replay|consumer)[a-z_]*(\{.*)?$")
-"""A gauge of the api's Kafka consumers (replays reading behind the ring). Its name is
-not fixed yet (the relay's resume path is being reworked): any feedsvc_ gauge naming
-replays or consumers counts, summed over its labels."""
+CONSUMER_GAUGE = re.compile(r"^feedsvc_feed_replays(\{.*)?$")
+"""The api's gauge of replays reading Kafka behind the ring, one consumer each
+(`feedsvc_feed_replays`; not `_replays_max` or `_replays_refused_total`)."""
 
 
 @dataclass(frozen=True)
@@ -145,8 +144,8 @@ def run(opts: Options, stacks: Stacks | None = None) -> Resume:
             "resets_read": reads["resets"],
             "resume_notices_read": reads["resumes"],
             "kafka_consumers_max": (
-                "max of a feedsvc_ gauge naming replay or consumer in /metrics, every 0.1 s; "
-                "null: the api exposes no such gauge"
+                "max of feedsvc_feed_replays in /metrics (replays reading Kafka, one "
+                "consumer each), every 0.1 s; null: the api did not expose it"
             ),
             "fd_limit": fd_limit,
             "processes": "1 api, 1 writer, changefeed stand-in, PostgreSQL, 1 Kafka broker",
