@@ -8,14 +8,13 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
-import msgspec
 import psycopg
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
 from feedsvc import schema
 from feedsvc.config import Settings
-from feedsvc.messages import Message
+from feedsvc.messages import Cursor, Message
 
 # SQLSTATEs worth retrying: serialization failure and statement completion unknown
 # (https://www.cockroachlabs.com/docs/stable/transaction-retry-error-reference),
@@ -25,13 +24,6 @@ TRANSIENT_SQLSTATES = frozenset({"40001", "40003", "XXC02"})
 
 _COLUMNS = "id, author, text, created_at"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-class Cursor(msgspec.Struct, frozen=True, array_like=True):
-    """A position in the newest-first walk: the last (created_at, id) already seen."""
-
-    created_at: datetime
-    id: uuid.UUID
 
 
 def is_transient(exc: BaseException) -> bool:
