@@ -68,7 +68,9 @@ async def open_pool(settings: Settings, name: str) -> AsyncIterator[AsyncConnect
         min_size=1,
         max_size=settings.db_pool_size,
         kwargs={"autocommit": True, "connect_timeout": 5},
-        timeout=settings.kafka_timeout_s,
+        # How long `connection()` waits for a connection before PoolTimeout:
+        # https://www.psycopg.org/psycopg3/docs/api/pool.html#psycopg_pool.ConnectionPool
+        timeout=settings.db_timeout_s,
         name=name,
         open=False,
     )
