@@ -61,7 +61,7 @@ async def open_pool(settings: Settings, name: str) -> AsyncIterator[AsyncConnect
     """A small pool; it opens without waiting, so a process starts while the DB is down.
 
     Note: the pool is kept small on purpose: an unlicensed multi-node CockroachDB
-    cluster allows 5 concurrent transactions (DESIGN §5).
+    cluster allows 5 concurrent transactions (ARCHITECTURE.md#licence-throttle).
     """
     pool: AsyncConnectionPool = AsyncConnectionPool(
         settings.database_url,

@@ -1,4 +1,8 @@
-"""POST /messages against the real api, writer, Kafka and database (DESIGN §2.1–2.3, §4)."""
+"""POST /messages against the real api, writer, Kafka and database.
+
+Guarantees: ARCHITECTURE.md#accepted-means-durable, ARCHITECTURE.md#back-pressure,
+ARCHITECTURE.md#bad-input.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The validation rules of DESIGN §4, and ids under Idempotency-Key."""
+"""The wire shapes: validation rules (ARCHITECTURE.md#bad-input), ids, pinned JSON bytes."""
 
 from __future__ import annotations
 
