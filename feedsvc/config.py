@@ -1,13 +1,28 @@
-"""Settings of every feedsvc process, read once from `FEED_*` environment variables."""
+"""Settings of every feedsvc process, read once from `FEED_*` environment variables.
+
+Each field's type carries its constraint (a `msgspec.Meta` range, or a `Literal` of the
+values allowed), so a new setting is one annotated line plus its docstring.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import msgspec
 
 PREFIX = "FEED_"
+
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+"""A count that must be at least one."""
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+"""A size or duration where zero means none (or: let the kernel choose)."""
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+"""A TCP port; 0 asks the kernel for a free one."""
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+"""A duration that must be above zero."""
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+"""Python's logging level names (any case in the environment)."""
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -25,64 +40,68 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     """The api's listen address; compose sets 0.0.0.0 inside the container."""
 
-    port: int = 8000
+    port: Port = 8000
     """The api's listen port."""
 
-    max_inflight: int = 2000
+    max_inflight: Positive = 2000
     """POSTs waiting on Kafka at once; one more gets 429 at once rather than a queue."""
 
-    max_backlog: int = 100_000
+    max_backlog: Positive = 100_000
     """Records the writer may lag behind before POST answers 429 (about 20 s of writing)."""
 
-    backlog_refresh_s: float = 1.0
+    backlog_refresh_s: Seconds = 1.0
     """How often the api re-reads the writer's lag; requests never wait on it."""
 
-    kafka_timeout_s: float = 5.0
+    kafka_timeout_s: Seconds = 5.0
     """The longest a POST takes from its arrival when Kafka does not acknowledge: 503 by then."""
 
-    submitted_partitions: int = 6
+    db_timeout_s: Seconds = 5.0
+    """The longest a query waits for a pooled database connection before it fails (a down
+    database is reported within it instead of holding requests and the writer)."""
+
+    submitted_partitions: Positive = 6
     """Partitions of `messages.submitted`: the most writers that can share the work."""
 
-    topic_replication_factor: int = 1
+    topic_replication_factor: Positive = 1
     """Copies of each partition of the topics setup creates: 1 for one broker, 3 for three."""
 
-    topic_min_insync_replicas: int = 1
+    topic_min_insync_replicas: Positive = 1
     """Copies a record must reach before Kafka acknowledges it (acks=all): 1 of 1, or 2 of 3."""
 
-    submitted_retention_ms: int = 604_800_000
+    submitted_retention_ms: Annotated[int, msgspec.Meta(ge=-1)] = 604_800_000
     """How long `messages.submitted` keeps records (7 days): the longest writer outage that
     loses no accepted post. -1 keeps them forever."""
 
-    writer_batch: int = 500
+    writer_batch: Positive = 500
     """Rows per INSERT: CockroachDB advises 100-1000 rows per multi-row statement."""
 
-    writer_linger_ms: int = 50
+    writer_linger_ms: NonNegative = 50
     """How long the writer waits to fill a batch when traffic is light."""
 
-    db_pool_size: int = 4
+    db_pool_size: Positive = 4
     """Connections per process. compose.yaml sets 2 for the api and 1 per writer, so the stack
     stays within the 5 concurrent transactions an unlicensed CockroachDB cluster allows."""
 
-    history_limit: int = 50
+    history_limit: Positive = 50
     """Messages `GET /feed` sends before going live when the client names no `limit`."""
 
-    heartbeat_s: float = 15.0
+    heartbeat_s: Seconds = 15.0
     """Seconds between comment heartbeats on an idle feed, to keep proxies from closing it."""
 
-    subscriber_buffer: int = 1024
+    subscriber_buffer: Positive = 1024
     """Events one feed client may fall behind before it is told to resume and closed."""
 
-    max_subscribers: int = 10_000
+    max_subscribers: Positive = 10_000
     """Open feed streams per api process; one more is answered with a retry hint."""
 
-    ring_size: int = 10_000
+    ring_size: Positive = 10_000
     """Recent feed events kept in memory to serve resumes without reading Kafka."""
 
-    socket_sndbuf: int = 262_144
+    socket_sndbuf: NonNegative = 262_144
     """Kernel send buffer of each client socket, in bytes (0: the kernel's autotuning, up to
     4 MiB). It bounds what a stalled feed client holds in the kernel, and how soon it is cut."""
 
-    shutdown_grace_s: float = 10.0
+    shutdown_grace_s: Seconds = 10.0
     """Seconds uvicorn gives open streams at SIGTERM; below compose's stop_grace_period."""
 
     cockroach_license: str = ""
@@ -91,7 +110,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     cockroach_organization: str = ""
     """The organization the licence key was issued to (`cluster.organization`)."""
 
-    log_level: str = "INFO"
+    log_level: LogLevel = "INFO"
     """Python logging level name."""
 
     cors_origins: str = ""
@@ -109,25 +128,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return self.changefeed_kafka or self.kafka_bootstrap
 
     def __post_init__(self) -> None:
-        for name in (
-            "port",
-            "max_inflight",
-            "max_backlog",
-            "submitted_partitions",
-            "writer_batch",
-            "db_pool_size",
-            "history_limit",
-            "subscriber_buffer",
-            "max_subscribers",
-            "ring_size",
-        ):
-            if getattr(self, name) < (0 if name == "port" else 1):
-                raise ValueError(f"{PREFIX}{name.upper()} must be positive")
-        if self.topic_replication_factor < 1 or self.topic_min_insync_replicas < 1:
-            raise ValueError(
-                f"{PREFIX}TOPIC_REPLICATION_FACTOR and {PREFIX}TOPIC_MIN_INSYNC_REPLICAS "
-                "must be positive"
-            )
+        """The rules no single field's type can state.
+
+        Note: msgspec checks a field's constraint when it converts a value
+        (`load_settings`), not when a Settings is built in code.
+        """
         if self.topic_min_insync_replicas > self.topic_replication_factor:
             # Kafka creates such topics, then refuses every acks=all send (NotEnoughReplicas):
             # https://cwiki.apache.org/confluence/display/KAFKA/KIP-579%3A+new+exception+on+min.insync.replicas+%3E+replication.factor
@@ -143,9 +148,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise ValueError(
                     f"{PREFIX}CORS_ORIGINS: {origin!r} is not an origin like https://app.example"
                 )
-        for name in ("backlog_refresh_s", "kafka_timeout_s", "heartbeat_s", "shutdown_grace_s"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{PREFIX}{name.upper()} must be above zero")
 
 
 class ConfigError(ValueError):
@@ -162,11 +164,23 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         name = key[len(PREFIX) :].lower()
         if name not in fields:
             raise ConfigError(f"{key} is not a setting of feedsvc")
-        try:
-            values[name] = msgspec.convert(raw, fields[name].type, strict=False)
-        except msgspec.ValidationError as exc:
-            raise ConfigError(f"{key}={raw!r}: {exc}") from None
+        values[name] = _convert(key, raw, fields[name].type)
     try:
         return Settings(**values)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _convert(key: str, raw: str, kind: Any) -> Any:
+    """One variable's value as its field's type, within the field's constraint."""
+    if get_origin(kind) is Literal:
+        # A choice is matched regardless of case (logging takes `info` as well as `INFO`).
+        choices = get_args(kind)
+        for choice in choices:
+            if choice.casefold() == raw.casefold():
+                return choice
+        raise ConfigError(f"{key}={raw!r}: must be one of {', '.join(choices)}")
+    try:
+        return msgspec.convert(raw, kind, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{key}={raw!r}: {exc}") from None

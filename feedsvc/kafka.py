@@ -37,7 +37,7 @@ T = TypeVar("T")
 
 
 def topic_partitions(settings: Settings) -> dict[str, int]:
-    """Every topic feedsvc uses with its partition count (DESIGN §3)."""
+    """Every topic feedsvc uses with its partition count (ARCHITECTURE.md#topics)."""
     # messages.committed has one partition: its offset is the feed position.
     return {SUBMITTED: settings.submitted_partitions, COMMITTED: 1, DLQ: 1}
 
@@ -47,8 +47,9 @@ async def start_with_retry(
 ) -> None:
     """Call a client's `start()` until the broker answers.
 
-    Note: aiokafka's start() fails at once when no broker is reachable (DESIGN §5),
-    while in compose and after a restart the broker may come up after us.
+    Note: aiokafka's start() fails at once when no broker is reachable
+    (ARCHITECTURE.md#aiokafka-start), while in compose and after a restart the broker
+    may come up after us.
     """
     delay = 0.2
     for attempt in range(1, attempts + 1):

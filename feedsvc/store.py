@@ -8,14 +8,13 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
-import msgspec
 import psycopg
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
 from feedsvc import schema
 from feedsvc.config import Settings
-from feedsvc.messages import Message
+from feedsvc.messages import Cursor, Message
 
 # SQLSTATEs worth retrying: serialization failure and statement completion unknown
 # (https://www.cockroachlabs.com/docs/stable/transaction-retry-error-reference),
@@ -25,13 +24,6 @@ TRANSIENT_SQLSTATES = frozenset({"40001", "40003", "XXC02"})
 
 _COLUMNS = "id, author, text, created_at"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-class Cursor(msgspec.Struct, frozen=True, array_like=True):
-    """A position in the newest-first walk: the last (created_at, id) already seen."""
-
-    created_at: datetime
-    id: uuid.UUID
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -69,14 +61,16 @@ async def open_pool(settings: Settings, name: str) -> AsyncIterator[AsyncConnect
     """A small pool; it opens without waiting, so a process starts while the DB is down.
 
     Note: the pool is kept small on purpose: an unlicensed multi-node CockroachDB
-    cluster allows 5 concurrent transactions (DESIGN §5).
+    cluster allows 5 concurrent transactions (ARCHITECTURE.md#licence-throttle).
     """
     pool: AsyncConnectionPool = AsyncConnectionPool(
         settings.database_url,
         min_size=1,
         max_size=settings.db_pool_size,
         kwargs={"autocommit": True, "connect_timeout": 5},
-        timeout=settings.kafka_timeout_s,
+        # How long `connection()` waits for a connection before PoolTimeout:
+        # https://www.psycopg.org/psycopg3/docs/api/pool.html#psycopg_pool.ConnectionPool
+        timeout=settings.db_timeout_s,
         name=name,
         open=False,
     )

@@ -31,7 +31,7 @@ class Refusal(Exception):
 class Admission:
     """Admits a POST only when it can be handled now; never makes a caller wait in line.
 
-    Note: three layers (DESIGN §2.2): a bounded count of sends in flight, the
+    Note: three layers (ARCHITECTURE.md#back-pressure): a bounded count of sends in flight, the
     writer's backlog (read in the background, never per request), and Kafka's
     reachability as last seen. The counters are plain ints: all callers share one
     event loop, and nothing awaits between a check and its update.

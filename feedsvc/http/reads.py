@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-import base64
 import uuid
 from typing import Annotated
 
-import msgspec
 from litestar import Response, get
 from litestar.params import Parameter
 
 from feedsvc.http.errors import problem
-from feedsvc.messages import MessagePage, encode
-from feedsvc.store import Cursor, MessageStore
-
-
-def encode_cursor(cursor: Cursor) -> str:
-    """An opaque, URL-safe token for `before`."""
-    return base64.urlsafe_b64encode(encode(cursor)).decode().rstrip("=")
-
-
-def decode_cursor(token: str) -> Cursor:
-    """The position a `before` token names; raises ValueError if it is not one of ours."""
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        return msgspec.json.decode(raw, type=Cursor)
-    # binascii.Error, and the ValueError of a token with non-ASCII characters, are both
-    # ValueErrors: whatever the client sent, it gets our message, not Python's.
-    except (ValueError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise ValueError("before is not a cursor this api issued") from exc
+from feedsvc.messages import Cursor, MessagePage, decode_cursor, encode, encode_cursor
+from feedsvc.store import MessageStore
 
 
 @get("/messages")

@@ -1,8 +1,9 @@
 """Server-Sent Events frames of the feed, pre-encoded once as bytes, and the feed's event ids.
 
 Frame syntax: https://html.spec.whatwg.org/multipage/server-sent-events.html#parsing-an-event-stream
-Every `data:` payload is one line of JSON: msgspec escapes newlines inside strings, and an
-SSE line break inside `data:` would otherwise split the payload.
+Every `data:` payload is one line of JSON (a `Message` or one of the shapes in
+`feedsvc.messages.feed`): msgspec escapes newlines inside strings, and an SSE line break
+inside `data:` would otherwise split the payload.
 
 Event id `"<offset>-<tag>"`: the Kafka offset of the record in `messages.committed` (one
 partition, so the offset is the feed position) and the first 8 hex digits of the message
@@ -21,7 +22,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from feedsvc.messages import Message
+from feedsvc.messages import Deleted, Message, ResetNotice, ResumeNotice
 from feedsvc.relay.changefeed import Delete, Row, hlc_value
 
 PING = b": ping\n\n"
@@ -29,25 +30,6 @@ PING = b": ping\n\n"
 
 _EVENT_ID = re.compile(r"\A(-1|0|[1-9][0-9]{0,18})(?:-([0-9a-f]{8}))?(?:~([0-9a-z]{1,24}))?\Z")
 _encoder = msgspec.json.Encoder()
-
-
-class Deleted(msgspec.Struct, frozen=True):
-    """The `data:` of an `event: delete`: the message that no longer exists."""
-
-    id: uuid.UUID
-
-
-class ResetNotice(msgspec.Struct, frozen=True):
-    """The `data:` of an `event: reset`: the resume position could not be served."""
-
-    reason: str
-
-
-class ResumeNotice(msgspec.Struct, frozen=True):
-    """The `data:` of an `event: resume`: reconnect with `last_event_id` to continue."""
-
-    last_event_id: str
-    reason: str
 
 
 class EventId(NamedTuple):

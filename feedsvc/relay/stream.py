@@ -1,6 +1,6 @@
 """One client's feed stream: a position (or none) and a history loader in, SSE frames out.
 
-The resume protocol lives here, whatever serves the bytes (DESIGN §3):
+The resume protocol lives here, whatever serves the bytes (ARCHITECTURE.md#feed-position):
 
 - No position: subscribe first (position P), then read the latest N messages and the
   read's snapshot time T in one consistent read, send them oldest first with the id

@@ -30,6 +30,7 @@ FAST = {
     "FEED_BACKLOG_REFRESH_S": "0.2",
     "FEED_HEARTBEAT_S": "1",
     "FEED_KAFKA_TIMEOUT_S": "3",
+    "FEED_DB_TIMEOUT_S": "3",
     "FEED_SHUTDOWN_GRACE_S": "3",
     "FEED_LOG_LEVEL": "INFO",
     # The changefeed is at-least-once: the stand-in repeats a row now and then, so every

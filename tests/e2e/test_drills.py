@@ -1,4 +1,7 @@
-"""Crash, outage and shutdown drills on real processes (DESIGN §2.1, §2.2, §2.6).
+"""Crash, outage and shutdown drills on real processes.
+
+Guarantees: ARCHITECTURE.md#accepted-means-durable, ARCHITECTURE.md#back-pressure,
+ARCHITECTURE.md#graceful-shutdown.
 
 Each drill but the 40001 one builds its own stack with `make_stack`, so stopping a
 broker, the database or a process never disturbs another test.

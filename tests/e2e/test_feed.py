@@ -1,4 +1,7 @@
-"""GET /feed over real HTTP: history, live, resume, repeats, heartbeats, slow clients (§2.4-5)."""
+"""GET /feed over real HTTP: history, live, resume, repeats, heartbeats, slow clients.
+
+Guarantees: ARCHITECTURE.md#no-gaps, ARCHITECTURE.md#slow-clients.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""A poison record never holds back a good one (DESIGN §2.7): real writer, Kafka and database.
+"""A poison record never holds back a good one: real writer, Kafka and database.
+
+Guarantee: ARCHITECTURE.md#bad-records.
 
 Each poison is produced straight into `messages.submitted` with its author's key, as
 anything with access to the topic could, and real posts of that author follow it on

@@ -1,4 +1,8 @@
-"""POST /messages against the real api, writer, Kafka and database (DESIGN §2.1–2.3, §4)."""
+"""POST /messages against the real api, writer, Kafka and database.
+
+Guarantees: ARCHITECTURE.md#accepted-means-durable, ARCHITECTURE.md#back-pressure,
+ARCHITECTURE.md#bad-input.
+"""
 
 from __future__ import annotations
 
@@ -326,6 +330,7 @@ async def test_kafka_down_answers_within_the_timeout_from_arrival(
     stack = make_stack(
         {
             "FEED_KAFKA_TIMEOUT_S": str(bound),
+            "FEED_DB_TIMEOUT_S": str(defaults.db_timeout_s),
             "FEED_BACKLOG_REFRESH_S": str(defaults.backlog_refresh_s),
         }
     )

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
+import time
+from typing import Annotated, get_origin
 
-from feedsvc.config import ConfigError, Settings, load_settings
+import msgspec
+import pytest
+from psycopg_pool import PoolTimeout
+
+from feedsvc.__main__ import main
+from feedsvc.config import PREFIX, ConfigError, Settings, load_settings
+from feedsvc.store import open_pool
 
 
 def test_defaults_without_variables() -> None:
@@ -76,3 +83,117 @@ def test_bad_durability_setting_is_named(environ: dict[str, str], named: str) ->
     """No copies, more in sync than copies, or a retention that deletes at once: refused by name."""
     with pytest.raises(ConfigError, match=named):
         load_settings(environ)
+
+
+# Each bounded setting: the edge value it takes, and the first one it refuses.
+BOUNDS = {
+    "port": ("0", "-1"),
+    "max_inflight": ("1", "0"),
+    "max_backlog": ("1", "0"),
+    "backlog_refresh_s": ("0.001", "0"),
+    "kafka_timeout_s": ("0.001", "0"),
+    "db_timeout_s": ("0.001", "0"),
+    "submitted_partitions": ("1", "0"),
+    "topic_replication_factor": ("1", "0"),
+    "topic_min_insync_replicas": ("1", "0"),
+    "submitted_retention_ms": ("-1", "-2"),
+    "writer_batch": ("1", "0"),
+    "writer_linger_ms": ("0", "-1"),
+    "db_pool_size": ("1", "0"),
+    "history_limit": ("1", "0"),
+    "heartbeat_s": ("0.001", "-0.5"),
+    "subscriber_buffer": ("1", "0"),
+    "max_subscribers": ("1", "0"),
+    "ring_size": ("1", "0"),
+    "socket_sndbuf": ("0", "-1"),
+    "shutdown_grace_s": ("0.001", "0"),
+}
+
+
+@pytest.mark.parametrize(("name", "edge", "beyond"), [(n, *b) for n, b in BOUNDS.items()])
+def test_each_bound_takes_its_edge_and_refuses_beyond(name: str, edge: str, beyond: str) -> None:
+    """The edge value of a range is a valid setting; one step past it fails naming the variable."""
+    key = PREFIX + name.upper()
+    assert getattr(load_settings({key: edge}), name) == float(edge)
+    with pytest.raises(ConfigError, match=rf"^{key}={beyond!r}: Expected `(int|float)` >"):
+        load_settings({key: beyond})
+
+
+def test_port_above_65535_is_refused() -> None:
+    """A TCP port has 16 bits."""
+    assert load_settings({"FEED_PORT": "65535"}).port == 65535
+    with pytest.raises(ConfigError, match=r"^FEED_PORT='65536': Expected `int` <= 65535$"):
+        load_settings({"FEED_PORT": "65536"})
+
+
+def test_every_number_states_its_range() -> None:
+    """Each int or float setting carries a msgspec.Meta bound; the table above tests its edge."""
+    fields = msgspec.structs.fields(Settings)
+    unbounded = {f.name for f in fields if f.type in (int, float)}
+    assert not unbounded, f"settings without a range: {unbounded}"
+    bounded = {f.name for f in fields if get_origin(f.type) is Annotated}
+    assert set(BOUNDS) <= bounded
+
+
+def test_defaults_keep_their_own_constraints() -> None:
+    """Every default passes the constraints the environment's values must pass."""
+    defaults = Settings()
+    assert msgspec.convert(msgspec.to_builtins(defaults), Settings) == defaults
+
+
+@pytest.mark.parametrize("raw", ["LOUD", "", "info ", "5", "TRACE"])
+def test_unknown_log_level_is_refused_with_the_choices(raw: str) -> None:
+    """FEED_LOG_LEVEL must be a logging level name, or the process stops naming the choices."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"FEED_LOG_LEVEL": raw})
+    assert str(caught.value) == (
+        f"FEED_LOG_LEVEL={raw!r}: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "level"), [("debug", "DEBUG"), ("Warning", "WARNING"), ("ERROR", "ERROR")]
+)
+def test_log_level_is_taken_in_any_case(raw: str, level: str) -> None:
+    """`info` worked before the level was checked (logging upper-cases it), so it still does."""
+    assert load_settings({"FEED_LOG_LEVEL": raw}).log_level == level
+
+
+def test_a_bad_log_level_stops_the_process_before_it_starts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`FEED_LOG_LEVEL=LOUD python -m feedsvc api` exits 2 with one line, no traceback."""
+    monkeypatch.setenv("FEED_LOG_LEVEL", "LOUD")
+    assert main(["api"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "feedsvc api: configuration error: FEED_LOG_LEVEL='LOUD': "
+        "must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL\n"
+    )
+
+
+def test_db_timeout_is_its_own_setting() -> None:
+    """FEED_DB_TIMEOUT_S and FEED_KAFKA_TIMEOUT_S are read apart; both default to 5 s as before."""
+    got = load_settings({"FEED_DB_TIMEOUT_S": "2.5", "FEED_KAFKA_TIMEOUT_S": "7"})
+    assert (got.db_timeout_s, got.kafka_timeout_s) == (2.5, 7.0)
+    assert Settings().db_timeout_s == Settings().kafka_timeout_s == 5.0
+
+
+async def test_the_pool_waits_the_db_timeout_for_a_connection() -> None:
+    """An unreachable database fails a query after FEED_DB_TIMEOUT_S, not the Kafka timeout."""
+    settings = load_settings(
+        {
+            # Port 1 on loopback: refused at once, so the pool never gets a connection.
+            "FEED_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none?connect_timeout=1",
+            "FEED_DB_TIMEOUT_S": "0.3",
+            "FEED_KAFKA_TIMEOUT_S": "60",
+        }
+    )
+    async with open_pool(settings, "test") as pool:
+        began = time.monotonic()
+        with pytest.raises(PoolTimeout):
+            async with pool.connection():
+                pass
+        waited = time.monotonic() - began
+    # Generous above: the machine is shared; the Kafka timeout would be 60 s.
+    assert 0.3 <= waited < 20

@@ -1,4 +1,4 @@
-"""The validation rules of DESIGN §4, and ids under Idempotency-Key."""
+"""The wire shapes: validation rules (ARCHITECTURE.md#bad-input), ids, pinned JSON bytes."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import ast
 import json
 import re
 import unicodedata
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -15,12 +17,21 @@ from hypothesis import strategies as st
 
 from feedsvc.messages import (
     AUTHOR_PATTERN,
+    Accepted,
+    Cursor,
+    Deleted,
     InvalidSubmission,
     Message,
+    MessagePage,
+    Problem,
+    ResetNotice,
+    ResumeNotice,
     Submission,
+    decode_cursor,
     decode_message,
     decode_submission,
     encode,
+    encode_cursor,
     is_visible,
     new_message,
 )
@@ -305,3 +316,67 @@ def test_no_pattern_ends_in_dollar() -> None:
             if isinstance(pattern, str) and pattern.endswith("$"):
                 offenders.append(f"{path.relative_to(ROOT)}:{line}: {pattern!r}")
     assert not offenders
+
+
+_ID = uuid.UUID("0b7f9e3c-2a4d-4e5f-8a6b-7c8d9e0f1a2b")
+_AT = datetime(2026, 11, 28, 10, 30, 0, 123456, tzinfo=UTC)
+_MESSAGE = Message(id=_ID, author="ada", text="hi\nthere", created_at=_AT)
+_MESSAGE_JSON = (
+    b'{"id":"0b7f9e3c-2a4d-4e5f-8a6b-7c8d9e0f1a2b","author":"ada","text":"hi\\nthere",'
+    b'"created_at":"2026-11-28T10:30:00.123456Z"'
+)
+
+
+@pytest.mark.parametrize(
+    ("shape", "wire"),
+    [
+        (_MESSAGE, _MESSAGE_JSON + b"}"),
+        (
+            Accepted(id=_ID, author="ada", text="hi\nthere", created_at=_AT),
+            _MESSAGE_JSON + b',"status":"accepted"}',
+        ),
+        (
+            MessagePage(items=[_MESSAGE], next=None),
+            b'{"items":[' + _MESSAGE_JSON + b'}],"next":null}',
+        ),
+        (
+            Problem(error="invalid", detail="text is required"),
+            b'{"error":"invalid","detail":"text is required"}',
+        ),
+        (
+            Problem(error="invalid", detail="text is required", field="text"),
+            b'{"error":"invalid","detail":"text is required","field":"text"}',
+        ),
+        (Deleted(_ID), b'{"id":"0b7f9e3c-2a4d-4e5f-8a6b-7c8d9e0f1a2b"}'),
+        (ResetNotice("topic recreated"), b'{"reason":"topic recreated"}'),
+        (ResumeNotice("9-0b7f9e3c", "slow"), b'{"last_event_id":"9-0b7f9e3c","reason":"slow"}'),
+        (
+            Cursor(created_at=_AT, id=_ID),
+            b'["2026-11-28T10:30:00.123456Z","0b7f9e3c-2a4d-4e5f-8a6b-7c8d9e0f1a2b"]',
+        ),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, msgspec.Struct) else "",
+)
+def test_wire_bytes_are_pinned(shape: msgspec.Struct, wire: bytes) -> None:
+    """Each shape's JSON, key order included, is what clients and stored records already hold."""
+    assert encode(shape) == wire
+
+
+def test_accepted_is_the_message_plus_its_status() -> None:
+    """The 202 body repeats no field of the message: it is the message with `status` added."""
+    message_fields = [f.name for f in msgspec.structs.fields(Message)]
+    assert [f.name for f in msgspec.structs.fields(Accepted)] == [*message_fields, "status"]
+    accepted = msgspec.json.decode(
+        encode(Accepted(**msgspec.structs.asdict(_MESSAGE))), type=Accepted
+    )
+    assert (accepted.status, decode_message(encode(_MESSAGE))) == ("accepted", _MESSAGE)
+
+
+def test_cursor_token_is_pinned() -> None:
+    """A `before` token handed out earlier still names the same position."""
+    token = (
+        "WyIyMDI2LTExLTI4VDEwOjMwOjAwLjEyMzQ1NloiLCIw"
+        "YjdmOWUzYy0yYTRkLTRlNWYtOGE2Yi03YzhkOWUwZjFhMmIiXQ"
+    )
+    assert encode_cursor(Cursor(created_at=_AT, id=_ID)) == token
+    assert decode_cursor(token) == Cursor(created_at=_AT, id=_ID)

@@ -7,8 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from feedsvc.http.reads import decode_cursor, encode_cursor
-from feedsvc.store import Cursor
+from feedsvc.messages import Cursor, decode_cursor, encode_cursor
 
 
 def test_a_cursor_survives_its_token() -> None:

@@ -1,20 +1,12 @@
-"""Every wire shape of feedsvc, and the rules a submitted message must follow.
-
-Note: shapes are decoded at the boundary (HTTP body, Kafka record, database
-row) and only these structs travel inward.
-"""
+"""The body of `POST /messages` and the rules a submitted message must follow."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import re
 import unicodedata
-import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 import msgspec
 
@@ -26,8 +18,6 @@ MAX_BODY_BYTES = 4096
 
 # Every C0/C1 control character and DEL except the newline.
 _FORBIDDEN_CHARS = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
-# Idempotency keys are namespaced per author, so two authors never collide.
-_IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0d6a2e-6f0e-4c57-9a43-2f4f7d3c8e11")
 
 # Code points that render as nothing. Unicode's Default_Ignorable_Code_Point
 # (https://www.unicode.org/Public/UCD/latest/ucd/DerivedCoreProperties.txt; e.g.
@@ -78,40 +68,6 @@ class Submission(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     text: str
 
 
-class Message(msgspec.Struct, frozen=True):
-    """A message as accepted, stored and streamed."""
-
-    id: uuid.UUID
-    author: str
-    text: str
-    created_at: datetime
-
-
-class Accepted(msgspec.Struct, frozen=True):
-    """The 202 body of `POST /messages`."""
-
-    id: uuid.UUID
-    author: str
-    text: str
-    created_at: datetime
-    status: Literal["accepted"] = "accepted"
-
-
-class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
-    """Every error body: what went wrong and, where one field is to blame, which."""
-
-    error: str
-    detail: str
-    field: str | None = None
-
-
-class MessagePage(msgspec.Struct, frozen=True):
-    """The body of `GET /messages`: newest first, `next` is an opaque cursor."""
-
-    items: list[Message]
-    next: str | None
-
-
 class InvalidSubmission(ValueError):
     """A submission that breaks a rule; `field` names the culprit when there is one."""
 
@@ -122,8 +78,6 @@ class InvalidSubmission(ValueError):
 
 
 _submission_decoder = msgspec.json.Decoder(Submission)
-_message_decoder = msgspec.json.Decoder(Message)
-_encoder = msgspec.json.Encoder()
 
 # msgspec's validation errors, as msgspec 0.22 words them (tests/unit/test_messages.py
 # pins the message each one becomes, so a change of wording fails there).
@@ -246,121 +200,3 @@ def _culprit(text: str, bad: Callable[[str], bool]) -> tuple[str | None, str] | 
 
 def _name(char: str) -> str:
     return f"U+{ord(char):04X}"
-
-
-def new_message(submission: Submission, idempotency_key: str | None = None) -> Message:
-    """Give a submission its id and creation time.
-
-    Note: with an idempotency key the id is derived from (author, key), so a retry
-    gets the same id and the insert-if-absent in the database stores it once.
-    """
-    if idempotency_key is None:
-        message_id = uuid.uuid4()
-    else:
-        message_id = uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f"{submission.author}\n{idempotency_key}")
-    return Message(
-        id=message_id,
-        author=submission.author,
-        text=submission.text,
-        created_at=datetime.now(UTC),
-    )
-
-
-def encode(value: msgspec.Struct) -> bytes:
-    """JSON bytes of any wire shape."""
-    return _encoder.encode(value)
-
-
-def decode_message(data: bytes) -> Message:
-    """A message from its JSON bytes (a `messages.submitted` record); raises on bad input."""
-    return _message_decoder.decode(data)
-
-
-DEAD_LETTER_HEAD_BYTES = 1024
-"""How much of a dead record's value a dead letter keeps (its length and hash say the rest)."""
-DEAD_LETTER_KEY_BYTES = 256
-DEAD_LETTER_REASON_CHARS = 500
-
-
-class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
-    """A `messages.dlq` record: a record the writer could not store, where it was, and why.
-
-    Note: bounded whatever the record was (a few KiB of JSON at most): `value_head`
-    and `key_head` are the first bytes of the original value and key in base64, so
-    any bytes survive exactly; `value_size` and `value_sha256` describe the whole.
-    """
-
-    topic: str
-    partition: int
-    offset: int
-    stage: Literal["decode", "insert"]
-    """`decode`: not a message (bytes, shape, size); `insert`: the database refused it."""
-    reason: str
-    key_head: str | None
-    key_size: int
-    value_head: str
-    value_size: int
-    value_sha256: str
-
-
-def dead_letter(
-    topic: str,
-    partition: int,
-    offset: int,
-    key: bytes | None,
-    value: bytes | None,
-    stage: Literal["decode", "insert"],
-    reason: str,
-) -> DeadLetter:
-    """The bounded dead letter of one record."""
-    value = value or b""
-    if len(reason) > DEAD_LETTER_REASON_CHARS:
-        reason = reason[: DEAD_LETTER_REASON_CHARS - 1] + "…"
-    return DeadLetter(
-        topic=topic,
-        partition=partition,
-        offset=offset,
-        stage=stage,
-        reason=reason,
-        key_head=None if key is None else _b64(key[:DEAD_LETTER_KEY_BYTES]),
-        key_size=0 if key is None else len(key),
-        value_head=_b64(value[:DEAD_LETTER_HEAD_BYTES]),
-        value_size=len(value),
-        value_sha256=hashlib.sha256(value).hexdigest(),
-    )
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-class FeedRestart(msgspec.Struct, frozen=True, kw_only=True):
-    """The marker setup writes into `messages.committed` before a changefeed that has a gap.
-
-    Note: the relay treats its offset as a boundary: a client whose position is below it,
-    or who is live when it arrives, gets `reset` (history from scratch), never a silent
-    gap. Its key is `FEED_RESTART_KEY`, which no changefeed record has (theirs are JSON).
-    """
-
-    reason: str
-    previous_job: int | None
-    previous_high_water: str | None
-    at: str
-    """The cluster's HLC when the gap was detected; the new changefeed starts after it."""
-
-
-FEED_RESTART_KEY = b"feedsvc-feed-restart"
-
-
-class _FeedRestartRecord(msgspec.Struct, frozen=True):
-    feed_restart: FeedRestart
-
-
-def encode_feed_restart(marker: FeedRestart) -> bytes:
-    """The marker's record value: `{"feed_restart": {...}}` (not a changefeed envelope)."""
-    return _encoder.encode(_FeedRestartRecord(marker))
-
-
-def decode_feed_restart(data: bytes) -> FeedRestart:
-    """A marker from its record value; raises msgspec errors on anything else."""
-    return msgspec.json.decode(data, type=_FeedRestartRecord).feed_restart
