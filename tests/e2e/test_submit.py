@@ -365,7 +365,10 @@ async def test_kafka_down_answers_within_the_timeout_from_arrival(
         finally:
             for pid in frozen:
                 os.kill(pid, signal.SIGCONT)
-        assert max(timings) <= bound, timings
+        # The api's deadline runs from arrival; the client's clock also counts the loopback
+        # round trip and its own scheduling (28 ms once, at load average 11). Without the
+        # one deadline a keyed POST takes two timeouts (lookup, then send): 10 s.
+        assert max(timings) <= bound + 0.5, timings
         stack.kafka.start()
 
         async def after() -> httpx.Response:
