@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import anyio
 import pytest
+from aiokafka.errors import KafkaConnectionError
 
 from feedsvc.http.admission import Admission, Refusal
 from feedsvc.http.idempotency import KeyLedger, KeyReused
@@ -138,6 +139,64 @@ async def test_unkeyed_posts_are_never_looked_up() -> None:
     await sub.submit(message, sub.deadline())
     assert producer.sent == [message]
     assert len(sub.ledger) == 0
+
+
+async def test_full_inflight_is_refused_before_any_lookup_or_send() -> None:
+    """With every slot taken by a send waiting on Kafka, the next POST is 429 at once."""
+    gate = anyio.Event()
+    producer, keys = FakeProducer(gate=gate), FakeKeys()
+    admission = Admission(max_inflight=1, max_backlog=10)
+    sub = submitter(producer, timeout_s=5, admission=admission)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sub.submit, keyed("first", "k1"), sub.deadline(), keys)
+        await anyio.wait_all_tasks_blocked()
+        with pytest.raises(Refusal) as caught:
+            await sub.submit(keyed("second", "k2"), sub.deadline(), keys)
+        assert (caught.value.status, caught.value.retry_after_s) == (429, 1)
+        assert (keys.lookups, producer.calls) == (1, 1)  # the first one's only
+        gate.set()
+    assert admission.inflight == 0
+    assert sub.ledger.get(keyed("second", "k2").id) is None
+
+
+async def test_writer_backlog_over_its_limit_is_refused_with_the_drain_estimate() -> None:
+    """The writer behind by more than the limit: 429 with Retry-After from its drain rate."""
+    producer = FakeProducer()
+    admission = Admission(max_inflight=10, max_backlog=100)
+    admission.backlog, admission.drain_per_s = 400, 100.0
+    sub = submitter(producer, admission=admission)
+    with pytest.raises(Refusal) as caught:
+        await sub.submit(keyed("hi"), sub.deadline())
+    assert (caught.value.status, caught.value.retry_after_s) == (429, 3)
+    assert producer.calls == 0 and admission.inflight == 0
+
+
+async def test_kafka_errors_answer_503_and_two_in_a_row_stop_sending() -> None:
+    """A send Kafka refuses is 503; after two, POSTs are refused without trying Kafka."""
+    producer = FakeProducer(failures=[KafkaConnectionError("down")] * 2)
+    admission = Admission(max_inflight=10, max_backlog=10)
+    sub = submitter(producer, admission=admission)
+    for _ in range(3):
+        with pytest.raises(Refusal) as caught:
+            await sub.submit(keyed("hi"), sub.deadline())
+        assert (caught.value.status, caught.value.retry_after_s) == (503, 2)
+    assert producer.calls == 2 and producer.sent == []
+    assert admission.inflight == 0
+    admission.kafka_ok()  # the backlog watcher reached Kafka again
+    message = keyed("hi")
+    assert await sub.submit(message, sub.deadline()) == message
+
+
+async def test_a_keyed_send_kafka_refused_is_sent_again_on_retry() -> None:
+    """A 503 never marks the key's message as delivered: its retry sends the same message."""
+    producer = FakeProducer(failures=[KafkaConnectionError("blip")])
+    sub = submitter(producer)
+    first = keyed("hi")
+    with pytest.raises(Refusal):
+        await sub.submit(first, sub.deadline(), FakeKeys())
+    retry = keyed("hi")
+    assert await sub.submit(retry, sub.deadline(), FakeKeys()) == first
+    assert producer.sent == [first]  # with the first attempt's created_at
 
 
 def test_ledger_forgets_the_oldest_past_its_size() -> None:
