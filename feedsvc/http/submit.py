@@ -13,6 +13,7 @@ import psycopg
 from aiokafka.errors import KafkaError
 from litestar import Request, Response, post
 from litestar.di import NamedDependency
+from litestar.params import SkipValidation
 
 from feedsvc.http.admission import Refusal
 from feedsvc.http.contract import SubmitOperation
@@ -28,7 +29,6 @@ from feedsvc.messages import (
     encode,
     new_message,
 )
-from feedsvc.store import MessageStore
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ def _is_json(content_type: str) -> bool:
 async def post_message(
     request: Request[Any, Any, Any],
     submitter: NamedDependency[Submitter],
-    store: NamedDependency[MessageStore],
+    store: NamedDependency[SkipValidation[Keys]],
 ) -> Response[bytes]:
     """Accept a message: 202 once Kafka has it; 400/413/415/422 for bad input; 429/503 when busy.
 
