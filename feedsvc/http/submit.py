@@ -226,6 +226,8 @@ def _is_json(content_type: str) -> bool:
 async def post_message(
     request: Request[Any, Any, Any],
     submitter: NamedDependency[Submitter],
+    # Litestar checks a dependency against its annotation, which a Protocol cannot be
+    # checked by; `SkipValidation` (litestar.params, since 2.23) takes it as Any.
     store: NamedDependency[SkipValidation[Keys]],
 ) -> Response[bytes]:
     """Accept a message: 202 once Kafka has it; 400/413/415/422 for bad input; 429/503 when busy.
