@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+import anyio
 import msgspec
 import psycopg
 from aiokafka import TopicPartition
@@ -87,7 +88,8 @@ class FakeProducer:
 class FakeSource:
     """A group consumer that hands out the given batches, then nothing.
 
-    `raises` are raised by `getmany` first, one per call.
+    `raises` are raised by `getmany` first, one per call; `commit_failures` by `commit`
+    (an exception, or None for a commit that never returns).
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class FakeSource:
         self.on_empty = on_empty
         self.committed: dict[Any, int] = {}
         self.seeks: list[Any] = []
+        self.commit_failures: list[Exception | None] = []
 
     async def getmany(self, *, timeout_ms: int, max_records: int) -> dict[Any, list[Any]]:
         if self.raises:
@@ -120,6 +123,11 @@ class FakeSource:
         return by_partition
 
     async def commit(self, offsets: dict[Any, int]) -> None:
+        if self.commit_failures:
+            failure = self.commit_failures.pop(0)
+            if failure is not None:
+                raise failure
+            await anyio.sleep_forever()
         self.committed.update(offsets)
         self.events.append("commit " + ",".join(f"{tp.partition}:{o}" for tp, o in offsets.items()))
 
