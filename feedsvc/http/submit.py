@@ -6,7 +6,6 @@ import asyncio
 import logging
 import re
 import uuid
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import psycopg
@@ -29,6 +28,7 @@ from feedsvc.messages import (
     encode,
     new_message,
 )
+from feedsvc.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +65,6 @@ class Gate(Protocol):
     def kafka_ok(self) -> None: ...
 
 
-class Counters(Protocol):
-    """The metrics the submitter declares and counts (`Metrics` is one)."""
-
-    def counter(self, name: str, help_text: str) -> None: ...
-    def gauge(self, name: str, help_text: str, read: Callable[[], float | None]) -> None: ...
-    def inc(self, name: str, amount: float = 1, **labels: str) -> None: ...
-
-
 class Keys(Protocol):
     """Where an Idempotency-Key's earlier message is looked up (`MessageStore` is one)."""
 
@@ -90,7 +82,7 @@ class Submitter:
     """
 
     def __init__(
-        self, producer: Producer, admission: Gate, metrics: Counters, timeout_s: float
+        self, producer: Producer, admission: Gate, metrics: Metrics, timeout_s: float
     ) -> None:
         self.producer = producer
         self.admission = admission

@@ -1,20 +1,21 @@
-"""Hand-written fakes of what the submitter uses: its producer, the key lookup, the metrics.
+"""Hand-written fakes of what the submitter uses: its producer and the key lookup.
 
-Each implements the small Protocol of `feedsvc.http.submit` (`Producer`, `Keys`,
-`Counters`) that the real adapter implements too; admission is the real `Admission`,
-which does no I/O.
+Each implements the small Protocol of `feedsvc.http.submit` (`Producer`, `Keys`) that
+the real adapter implements too. Admission and metrics are the real ones (no I/O);
+`sample` reads a metric as a scrape would, from the rendered text.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
 
 from feedsvc.messages import Message, decode_message
+from feedsvc.metrics import Metrics
 
 
 @dataclass
@@ -64,25 +65,19 @@ class FakeKeys:
         return self.rows.get(message_id)
 
 
-class RecordingMetrics:
-    """Counts what it is told, by name and labels; refuses a counter never declared."""
+def samples(metrics: Metrics, name: str) -> dict[frozenset[tuple[str, str]], float]:
+    """Every series of `name` in the metrics' Prometheus text, by its labels, as scraped."""
+    text = metrics.render()
+    lines = text.decode() if isinstance(text, bytes) else text
+    found: dict[frozenset[tuple[str, str]], float] = {}
+    for line in lines.splitlines():
+        series, _, value = line.rpartition(" ")
+        metric, _, labels = series.partition("{")
+        if metric == name and not line.startswith("#"):
+            found[frozenset(re.findall(r'(\w+)="([^"]*)"', labels))] = float(value)
+    return found
 
-    def __init__(self) -> None:
-        self.counts: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-        self.declared: set[str] = set()
-        self.gauges: dict[str, Callable[[], float | None]] = {}
 
-    def counter(self, name: str, help_text: str) -> None:
-        self.declared.add(name)
-
-    def gauge(self, name: str, help_text: str, read: Callable[[], float | None]) -> None:
-        self.gauges[name] = read
-
-    def inc(self, name: str, amount: float = 1, **labels: str) -> None:
-        assert name in self.declared, f"{name} was never declared"
-        key = (name, tuple(sorted(labels.items())))
-        self.counts[key] = self.counts.get(key, 0) + amount
-
-    def count(self, name: str, **labels: str) -> float:
-        """How much `name` with exactly these labels was incremented (0 if never)."""
-        return self.counts.get((name, tuple(sorted(labels.items()))), 0)
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    """The value of one series (0 when it has none yet), whatever the labels' order."""
+    return samples(metrics, name).get(frozenset(labels.items()), 0.0)
