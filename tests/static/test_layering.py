@@ -8,8 +8,8 @@ imports only from its own layer or the ones below it:
    counters). They import nothing else of `feedsvc`.
 1. adapters: `kafka`, `store`, `schema` (the brokers and the database).
 2. stages: `http`, `ingest`, `relay` (the pipeline steps).
-3. roots: `roles`, `__main__` and `http.app`, which open the resources and wire the
-   stages; nothing below a root imports it.
+3. roots: `roles`, `__main__`, `workers` and `http.app`, which start the processes,
+   open the resources and wire the stages; nothing below a root imports it.
 
 Among the stages, and of the database's SQL:
 
@@ -48,6 +48,7 @@ LAYERS: dict[str, int] = {
     "feedsvc.relay": STAGE,
     "feedsvc.http.app": ROOT_LAYER,
     "feedsvc.roles": ROOT_LAYER,
+    "feedsvc.workers": ROOT_LAYER,  # the api's worker processes, started by roles
     "feedsvc.__main__": ROOT_LAYER,
 }
 """A module's layer is that of the longest name here it is, or is inside of."""
