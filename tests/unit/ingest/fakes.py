@@ -2,7 +2,8 @@
 
 Each implements the same small Protocol as the real adapter (`Source`, `Store`,
 `Producer`) and appends what it was asked to do to one shared `events` list, so a
-test can check the order of insert, dead letter and commit.
+test can check the order of insert, dead letter and commit; `Parts` wires a real
+`Writer` to them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import msgspec
 import psycopg
 from aiokafka import TopicPartition
 
+from feedsvc.ingest.deadletters import DeadLetters
+from feedsvc.ingest.writer import Writer
 from feedsvc.messages import DeadLetter, Message, Submission, new_message
+from feedsvc.metrics import Metrics
 
 TOPIC = "messages.submitted"
 
@@ -136,3 +140,24 @@ class FakeSource:
 
     async def beginning_offsets(self, partitions: list[Any]) -> dict[Any, int]:
         return dict.fromkeys(partitions, self.earliest)
+
+
+class Parts:
+    """A writer wired to fakes that share one event log."""
+
+    def __init__(self, batches: list[list[Record]] | None = None) -> None:
+        self.events: list[str] = []
+        self.stopping = anyio.Event()
+        self.source = FakeSource(self.events, batches or [], on_empty=self.stopping.set)
+        self.store = FakeStore(self.events)
+        self.producer = FakeProducer(self.events)
+        self.metrics = Metrics()
+        self.writer = Writer(
+            self.source,
+            self.store,
+            DeadLetters(self.producer, 1.0, self.metrics),
+            self.metrics,
+            batch=500,
+            linger_ms=1,
+            kafka_timeout_s=1.0,
+        )

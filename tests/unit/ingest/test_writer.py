@@ -2,61 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import anyio
 import psycopg
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import (
-    CommitFailedError,
-    KafkaConnectionError,
-    KafkaTimeoutError,
-    MessageSizeTooLargeError,
-    NoOffsetForPartitionError,
-    OffsetOutOfRangeError,
-)
+from aiokafka.errors import KafkaConnectionError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
 from feedsvc.ingest import retry
-from feedsvc.ingest.deadletters import DEAD_LETTERS_TOTAL, DeadLetters
-from feedsvc.ingest.writer import EXPIRED_TOTAL, OUT_OF_RANGE_TOTAL, STORED_TOTAL, Writer
-from feedsvc.messages import Message, Submission, encode, new_message
-from feedsvc.metrics import Metrics
-from tests.unit.ingest.fakes import (
-    TOPIC,
-    FakeProducer,
-    FakeSource,
-    FakeStore,
-    Record,
-    message,
-    record,
-)
+from feedsvc.ingest.deadletters import DEAD_LETTERS_TOTAL
+from feedsvc.ingest.writer import EXPIRED_TOTAL, OUT_OF_RANGE_TOTAL, STORED_TOTAL
+from feedsvc.messages import Submission, encode, new_message
+from tests.unit.ingest.fakes import TOPIC, Parts, message, record
 
 
 @pytest.fixture(autouse=True)
 def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(retry, "FIRST_DELAY_S", 0.001)
-
-
-class Parts:
-    """A writer wired to fakes that share one event log."""
-
-    def __init__(self, batches: list[list[Record]] | None = None) -> None:
-        self.events: list[str] = []
-        self.stopping = anyio.Event()
-        self.source = FakeSource(self.events, batches or [], on_empty=self.stopping.set)
-        self.store = FakeStore(self.events)
-        self.producer = FakeProducer(self.events)
-        self.metrics = Metrics()
-        self.writer = Writer(
-            self.source,
-            self.store,
-            DeadLetters(self.producer, 1.0, self.metrics),
-            self.metrics,
-            batch=500,
-            linger_ms=1,
-            kafka_timeout_s=1.0,
-        )
 
 
 async def test_a_refused_row_is_dead_lettered_and_its_neighbours_stored() -> None:
@@ -124,65 +85,6 @@ async def test_stopping_while_the_dlq_is_down_leaves_the_batch_uncommitted() -> 
         await run()
     assert parts.source.committed == {}
     assert parts.producer.sent == []
-
-
-async def test_stopping_while_the_database_is_down_returns_with_the_batch_uncommitted(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """SIGTERM during a database outage: `run` returns, nothing inserted, lettered or committed."""
-    parts = Parts([[record(0, b"garbage"), record(1, encode(message("ok")))]])
-    stopping = parts.stopping
-
-    class DownStore(FakeStore):
-        async def insert(self, messages: Sequence[Message]) -> int:
-            self.calls.append(len(messages))
-            if len(self.calls) == 3:  # SIGTERM arrives during the outage
-                stopping.set()
-            raise psycopg.OperationalError("down")
-
-    parts.writer.store = parts.store = DownStore(parts.events)
-    with anyio.fail_after(20):
-        await parts.writer.run(parts.stopping)
-    assert parts.source.committed == {}
-    assert parts.producer.sent == [] and parts.store.rows == {}
-    assert "stopping with a batch unfinished; it will be read again" in caplog.messages
-
-
-async def test_a_letter_send_that_fails_holds_back_the_next_letters_and_the_commit() -> None:
-    """Letters go out one by one in offset order; a failing one is retried in its place."""
-    records = [record(o, b"garbage") for o in range(3)] + [record(3, encode(message("ok")))]
-    parts = Parts([records])
-    parts.producer.failures = [KafkaConnectionError("down"), KafkaTimeoutError()]
-    await parts.writer.run(parts.stopping)
-    assert parts.events == ["insert 1", "dlq 0", "dlq 1", "dlq 2", "commit 0:4"]
-
-
-async def test_a_letter_kafka_calls_final_is_retried_never_skipped() -> None:
-    """A DLQ send refused as too large (not retriable for Kafka) is retried, not dropped."""
-    parts = Parts([[record(0, b"garbage")]])
-    parts.producer.failures = [MessageSizeTooLargeError()] * 3
-    await parts.writer.run(parts.stopping)
-    assert [d.offset for d in parts.producer.sent] == [0]
-    assert parts.events[-2:] == ["dlq 0", "commit 0:1"]
-
-
-async def test_a_commit_that_hangs_is_bounded_and_retried() -> None:
-    """A commit with the coordinator away never returns in aiokafka: timed out, tried again."""
-    parts = Parts([[record(0, encode(message("ok")))]])
-    parts.source.commit_failures = [None]
-    with anyio.fail_after(10):
-        await parts.writer.run(parts.stopping)
-    assert parts.events == ["insert 1", "commit 0:1"]
-
-
-async def test_a_commit_refused_after_a_rebalance_moves_on_with_the_rows_stored() -> None:
-    """The partitions went to another writer: the commit error is logged, the next batch read."""
-    first, second = message("one"), message("two")
-    parts = Parts([[record(0, encode(first))], [record(1, encode(second))]])
-    parts.source.commit_failures = [CommitFailedError("rebalanced")]
-    await parts.writer.run(parts.stopping)
-    assert set(parts.store.rows) == {first.id, second.id}
-    assert parts.events == ["insert 1", "insert 1", "commit 0:2"]
 
 
 async def test_a_new_group_starts_at_the_earliest_quietly() -> None:
