@@ -12,9 +12,11 @@ from aiokafka.errors import KafkaConnectionError
 
 from feedsvc.http.admission import Admission, Refusal
 from feedsvc.http.idempotency import KeyLedger, KeyReused
-from feedsvc.http.submit import Submitter
+from feedsvc.http.submit import Gate, Keys, Producer, Submitter
+from feedsvc.kafka import RenewingProducer
 from feedsvc.messages import Message, Submission, new_message
 from feedsvc.metrics import Metrics
+from feedsvc.store import MessageStore
 from tests.unit.http.fakes import FakeKeys, FakeProducer, sample
 
 
@@ -198,6 +200,16 @@ async def test_a_keyed_send_kafka_refused_is_sent_again_on_retry() -> None:
     retry = keyed("hi")
     assert await sub.submit(retry, sub.deadline(), FakeKeys()) == first
     assert producer.sent == [first]  # with the first attempt's created_at
+
+
+def test_the_real_adapters_fit_the_submitters_protocols() -> None:
+    """What the api wires in (the store comes through Litestar, unchecked) fits; mypy checks it."""
+    wired: tuple[type[Producer], type[Gate], type[Keys]] = (
+        RenewingProducer,
+        Admission,
+        MessageStore,
+    )
+    assert all(wired)
 
 
 def test_ledger_forgets_the_oldest_past_its_size() -> None:
