@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import Any
+import uuid
+from typing import Any, Protocol
 
 import psycopg
 from aiokafka.errors import KafkaError
 from litestar import Request, Response, post
 from litestar.di import NamedDependency
+from litestar.params import SkipValidation
 
-from feedsvc.http.admission import Admission, Refusal
+from feedsvc.http.admission import Refusal
 from feedsvc.http.contract import SubmitOperation
 from feedsvc.http.errors import problem
 from feedsvc.http.idempotency import Earlier, KeyLedger, KeyReused
-from feedsvc.kafka import SUBMITTED, RenewingProducer
+from feedsvc.kafka import SUBMITTED
 from feedsvc.messages import (
     MAX_BODY_BYTES,
     Accepted,
@@ -27,12 +29,54 @@ from feedsvc.messages import (
     new_message,
 )
 from feedsvc.metrics import Metrics
-from feedsvc.store import MessageStore
 
 log = logging.getLogger(__name__)
 
 # Printable ASCII, as in the IETF Idempotency-Key draft's examples (UUIDs, tokens).
 _IDEMPOTENCY_KEY = re.compile(r"\A[\x21-\x7e]{1,255}\Z")
+
+
+class Producer(Protocol):
+    """What sending a message needs of a Kafka producer (`kafka.RenewingProducer` is one)."""
+
+    async def send_and_wait(self, topic: str, value: bytes, key: bytes) -> Any:
+        """Send one record; returns once every replica has it (`acks=all`)."""
+        ...
+
+
+class Gate(Protocol):
+    """What the submitter asks of admission control (`Admission` is one)."""
+
+    @property
+    def inflight(self) -> int: ...
+    @property
+    def backlog(self) -> int | None: ...
+
+    def check(self) -> None:
+        """Raise `Refusal` if a new message must be turned away now."""
+        ...
+
+    def enter(self) -> None:
+        """Count a send in flight; paired with `leave` however the send ends."""
+        ...
+
+    def leave(self) -> None: ...
+
+    def kafka_failed(self) -> None:
+        """A send found Kafka away (not one starved of time by the rest of its request)."""
+        ...
+
+    def kafka_ok(self) -> None:
+        """Kafka acknowledged a send."""
+        ...
+
+
+class Keys(Protocol):
+    """Where an Idempotency-Key's earlier message is looked up (`MessageStore` is one)."""
+
+    async def get(self, message_id: uuid.UUID) -> Message | None:
+        """The stored message with this id, if any."""
+        ...
 
 
 class Submitter:
@@ -44,7 +88,7 @@ class Submitter:
     """
 
     def __init__(
-        self, producer: RenewingProducer, admission: Admission, metrics: Metrics, timeout_s: float
+        self, producer: Producer, admission: Gate, metrics: Metrics, timeout_s: float
     ) -> None:
         self.producer = producer
         self.admission = admission
@@ -73,9 +117,7 @@ class Submitter:
         # A little is kept back for writing the answer itself.
         return asyncio.get_running_loop().time() + self.timeout_s - min(0.2, self.timeout_s / 10)
 
-    async def submit(
-        self, message: Message, deadline: float, keys: MessageStore | None = None
-    ) -> Message:
+    async def submit(self, message: Message, deadline: float, keys: Keys | None = None) -> Message:
         """Send one message; returns it as accepted, or raises `Refusal` or `KeyReused`.
 
         With `keys` (the message has an Idempotency-Key) an earlier message with the
@@ -108,9 +150,7 @@ class Submitter:
             self.ledger.acknowledged(message)
         return message
 
-    async def _earlier(
-        self, message: Message, keys: MessageStore, deadline: float
-    ) -> Earlier | None:
+    async def _earlier(self, message: Message, keys: Keys, deadline: float) -> Earlier | None:
         known = self.ledger.get(message.id)
         if known is not None:
             return known
@@ -184,7 +224,9 @@ def _is_json(content_type: str) -> bool:
 async def post_message(
     request: Request[Any, Any, Any],
     submitter: NamedDependency[Submitter],
-    store: NamedDependency[MessageStore],
+    # Litestar checks a dependency against its annotation, which a Protocol cannot be
+    # checked by; `SkipValidation` (litestar.params, since 2.23) takes it as Any.
+    store: NamedDependency[SkipValidation[Keys]],
 ) -> Response[bytes]:
     """Accept a message: 202 once Kafka has it; 400/413/415/422 for bad input; 429/503 when busy.
 

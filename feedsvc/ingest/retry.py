@@ -47,6 +47,9 @@ async def until_done(
                 raise
             if stopping.is_set() and delay >= 1:
                 raise BatchAbandoned(what) from exc
-            log.warning(f"{what} failed, retrying", extra={"error": repr(exc), "retry_in_s": delay})
+            log.warning(
+                f"{what} failed, retrying",
+                extra={"error": repr(exc), "retry_in_s": delay, **context},
+            )
             await anyio.sleep(delay)
             delay = min(delay * 2, MAX_DELAY_S)

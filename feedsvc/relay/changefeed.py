@@ -127,12 +127,6 @@ def hlc_value(text: str) -> int:
     return int(wall) * 10**10 + int(logical or 0)
 
 
-def hlc_text(value: int) -> str:
-    """The HLC string of `hlc_value`'s integer."""
-    wall, logical = divmod(value, 10**10)
-    return f"{wall}.{logical:010d}"
-
-
 def parse_timestamp(text: str) -> datetime:
     """A TIMESTAMPTZ as a changefeed (or PostgreSQL) renders it, as an aware UTC datetime."""
     try:

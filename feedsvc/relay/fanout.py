@@ -353,9 +353,9 @@ class Subscription:
     """One feed client's stream: batches of frames, in offset order, each once.
 
     Note: if more than `buffer_size` frames pile up while the subscriber is busy (not
-    waiting in `next_frames`), the stream ends with a `resume` frame whose id is the last
-    one it was given; `on_lag`, when set, is called as soon as that is detected (e.g. to
-    unblock a write stuck on a dead connection).
+    waiting in `next_frames_within`), the stream ends with a `resume` frame whose id is
+    the last one it was given; `on_lag`, when set, is called as soon as that is detected
+    (e.g. to unblock a write stuck on a dead connection).
     """
 
     def __init__(self, fanout: Fanout, cursor: int, last: EventId) -> None:
@@ -425,14 +425,11 @@ class Subscription:
         self._cursor = end
         return frames
 
-    async def next_frames(self) -> list[bytes]:
-        """The next batch of frames, waiting for one; an empty batch means the stream ended."""
-        frames = await self.next_frames_within(None)
-        assert frames is not None
-        return frames
-
     async def next_frames_within(self, seconds: float | None) -> list[bytes] | None:
-        """Like `next_frames`, but None when nothing came within `seconds` (None: no limit)."""
+        """The next batch of frames, waiting for one; None when nothing came within `seconds`.
+
+        Note: an empty batch means the stream ended; `seconds` None waits without limit.
+        """
         loop = asyncio.get_running_loop()
         deadline = None if seconds is None else loop.time() + seconds
         while True:
@@ -465,15 +462,6 @@ class Subscription:
             return False  # it is ready for more: a burst published meanwhile is not its lag
         # Frames a resume started with are not live backlog; count only what came since.
         return seq - max(self._cursor, self._start) > buffer_size
-
-    def __aiter__(self) -> Subscription:
-        return self
-
-    async def __anext__(self) -> list[bytes]:
-        frames = await self.next_frames()
-        if not frames:
-            raise StopAsyncIteration
-        return frames
 
     def mark_lagging(self) -> None:
         """It fell behind: leave the fanout; its next `take` is the `resume` frame."""

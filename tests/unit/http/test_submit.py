@@ -4,67 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
 
 import anyio
 import pytest
+from aiokafka.errors import KafkaConnectionError
 
 from feedsvc.http.admission import Admission, Refusal
 from feedsvc.http.idempotency import KeyLedger, KeyReused
-from feedsvc.http.submit import Submitter
-from feedsvc.messages import Message, Submission, decode_message, new_message
+from feedsvc.http.submit import Gate, Keys, Producer, Submitter
+from feedsvc.kafka import RenewingProducer
+from feedsvc.messages import Message, Submission, new_message
 from feedsvc.metrics import Metrics
 from feedsvc.store import MessageStore
+from tests.unit.http.fakes import FakeKeys, FakeProducer, sample
 
 
-@dataclass
-class FakeProducer:
-    """Acknowledges each send at once, or when `gate` opens, or never (`hang`)."""
-
-    hang: bool = False
-    gate: anyio.Event | None = None
-    sent: list[Message] = field(default_factory=list)
-
-    async def send_and_wait(self, topic: str, value: bytes, key: bytes) -> None:
-        if self.hang:
-            await anyio.sleep_forever()
-        if self.gate is not None:
-            await self.gate.wait()
-        self.sent.append(decode_message(value))
-
-
-@dataclass
-class FakeStore:
-    """`MessageStore.get` over a dict, or one that never answers (`hang`).
-
-    Note: a hung read, once cancelled, takes 2 s more to end, as psycopg's does
-    while it asks a server that does not answer to cancel the query.
-    """
-
-    rows: dict[uuid.UUID, Message] = field(default_factory=dict)
-    hang: bool = False
-
-    async def get(self, message_id: uuid.UUID) -> Message | None:
-        if self.hang:
-            try:
-                await asyncio.sleep(3600)
-            except asyncio.CancelledError:
-                await asyncio.shield(asyncio.sleep(2))
-                raise
-        return self.rows.get(message_id)
-
-
-def submitter(producer: FakeProducer, timeout_s: float = 1.0) -> Submitter:
+def submitter(
+    producer: FakeProducer,
+    timeout_s: float = 1.0,
+    admission: Admission | None = None,
+    metrics: Metrics | None = None,
+) -> Submitter:
     return Submitter(
-        cast(Any, producer), Admission(max_inflight=10, max_backlog=10), Metrics(), timeout_s
+        producer,
+        admission or Admission(max_inflight=10, max_backlog=10),
+        metrics or Metrics(),
+        timeout_s,
     )
-
-
-def keys(store: FakeStore) -> MessageStore:
-    return cast(MessageStore, store)
 
 
 def keyed(text: str, key: str = "key-1") -> Message:
@@ -73,15 +40,16 @@ def keyed(text: str, key: str = "key-1") -> Message:
 
 async def test_send_answers_by_the_deadline() -> None:
     """Kafka never acknowledging: 503 by the request's deadline, counted against Kafka."""
-    sub = submitter(FakeProducer(hang=True), timeout_s=0.5)
+    admission = Admission(max_inflight=10, max_backlog=10)
+    sub = submitter(FakeProducer(hang=True), timeout_s=0.5, admission=admission)
     began = time.monotonic()
     with pytest.raises(Refusal) as caught:
         await sub.submit(keyed("hi"), sub.deadline())
-    assert caught.value.status == 503
+    assert (caught.value.status, caught.value.retry_after_s) == (503, 2)
     assert time.monotonic() - began <= 0.5
-    assert sub.admission.inflight == 0
-    sub.admission.kafka_failed()
-    assert not sub.admission.kafka_reachable  # the timed-out send was the first failure
+    assert admission.inflight == 0
+    admission.kafka_failed()
+    assert not admission.kafka_reachable  # the timed-out send was the first failure
 
 
 async def test_key_lookup_and_send_share_one_deadline() -> None:
@@ -89,30 +57,31 @@ async def test_key_lookup_and_send_share_one_deadline() -> None:
     sub = submitter(FakeProducer(hang=True), timeout_s=0.5)
     began = time.monotonic()
     with pytest.raises(Refusal):
-        await sub.submit(keyed("hi"), sub.deadline(), keys(FakeStore(hang=True)))
+        await sub.submit(keyed("hi"), sub.deadline(), FakeKeys(hang=True))
     assert time.monotonic() - began <= 0.5
 
 
 async def test_hung_key_lookup_still_sends() -> None:
     """A database that does not answer costs a fifth of the budget; the message is sent."""
-    producer = FakeProducer()
-    sub = submitter(producer, timeout_s=1.0)
+    producer, metrics = FakeProducer(), Metrics()
+    sub = submitter(producer, timeout_s=1.0, metrics=metrics)
     began = time.monotonic()
     message = keyed("hi")
-    assert await sub.submit(message, sub.deadline(), keys(FakeStore(hang=True))) == message
+    assert await sub.submit(message, sub.deadline(), FakeKeys(hang=True)) == message
     assert 0.2 <= time.monotonic() - began < 0.5
     assert producer.sent == [message]
-    assert sub.metrics.value("feedsvc_idempotency_unchecked_total") == 1
+    assert sample(metrics, "feedsvc_idempotency_unchecked_total") == 1
 
 
 async def test_starved_send_does_not_mark_kafka_down() -> None:
     """A send left almost no time by the rest of the request answers 503 but blames no one."""
-    sub = submitter(FakeProducer(hang=True), timeout_s=1.0)
+    admission = Admission(max_inflight=10, max_backlog=10)
+    sub = submitter(FakeProducer(hang=True), timeout_s=1.0, admission=admission)
     deadline = asyncio.get_running_loop().time() + 0.05
     for _ in range(3):
         with pytest.raises(Refusal):
             await sub.submit(keyed("hi"), deadline)
-    assert sub.admission.kafka_reachable
+    assert admission.kafka_reachable
 
 
 async def test_key_reused_for_a_stored_message_with_other_text_is_refused() -> None:
@@ -121,7 +90,7 @@ async def test_key_reused_for_a_stored_message_with_other_text_is_refused() -> N
     sub = submitter(producer)
     first = keyed("first")
     with pytest.raises(KeyReused):
-        await sub.submit(keyed("second"), sub.deadline(), keys(FakeStore({first.id: first})))
+        await sub.submit(keyed("second"), sub.deadline(), FakeKeys({first.id: first}))
     assert producer.sent == []
 
 
@@ -131,7 +100,7 @@ async def test_key_repeated_for_a_stored_message_gets_the_stored_one() -> None:
     sub = submitter(producer)
     stored = keyed("same")
     stored = Message(stored.id, stored.author, stored.text, datetime.now(UTC) - timedelta(hours=1))
-    got = await sub.submit(keyed("same"), sub.deadline(), keys(FakeStore({stored.id: stored})))
+    got = await sub.submit(keyed("same"), sub.deadline(), FakeKeys({stored.id: stored}))
     assert got == stored
     assert producer.sent == []
 
@@ -141,7 +110,7 @@ async def test_key_in_flight_here_is_checked_before_the_store_has_it() -> None:
     gate = anyio.Event()
     producer = FakeProducer(gate=gate)
     sub = submitter(producer, timeout_s=5)
-    empty = keys(FakeStore())
+    empty = FakeKeys()
     first = keyed("first")
     answers: list[Message] = []
 
@@ -173,6 +142,74 @@ async def test_unkeyed_posts_are_never_looked_up() -> None:
     await sub.submit(message, sub.deadline())
     assert producer.sent == [message]
     assert len(sub.ledger) == 0
+
+
+async def test_full_inflight_is_refused_before_any_lookup_or_send() -> None:
+    """With every slot taken by a send waiting on Kafka, the next POST is 429 at once."""
+    gate = anyio.Event()
+    producer, keys = FakeProducer(gate=gate), FakeKeys()
+    admission = Admission(max_inflight=1, max_backlog=10)
+    sub = submitter(producer, timeout_s=5, admission=admission)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sub.submit, keyed("first", "k1"), sub.deadline(), keys)
+        await anyio.wait_all_tasks_blocked()
+        with pytest.raises(Refusal) as caught:
+            await sub.submit(keyed("second", "k2"), sub.deadline(), keys)
+        assert (caught.value.status, caught.value.retry_after_s) == (429, 1)
+        assert (keys.lookups, producer.calls) == (1, 1)  # the first one's only
+        gate.set()
+    assert admission.inflight == 0
+    assert sub.ledger.get(keyed("second", "k2").id) is None
+
+
+async def test_writer_backlog_over_its_limit_is_refused_with_the_drain_estimate() -> None:
+    """The writer behind by more than the limit: 429 with Retry-After from its drain rate."""
+    producer = FakeProducer()
+    admission = Admission(max_inflight=10, max_backlog=100)
+    admission.backlog, admission.drain_per_s = 400, 100.0
+    sub = submitter(producer, admission=admission)
+    with pytest.raises(Refusal) as caught:
+        await sub.submit(keyed("hi"), sub.deadline())
+    assert (caught.value.status, caught.value.retry_after_s) == (429, 3)
+    assert producer.calls == 0 and admission.inflight == 0
+
+
+async def test_kafka_errors_answer_503_and_two_in_a_row_stop_sending() -> None:
+    """A send Kafka refuses is 503; after two, POSTs are refused without trying Kafka."""
+    producer = FakeProducer(failures=[KafkaConnectionError("down")] * 2)
+    admission = Admission(max_inflight=10, max_backlog=10)
+    sub = submitter(producer, admission=admission)
+    for _ in range(3):
+        with pytest.raises(Refusal) as caught:
+            await sub.submit(keyed("hi"), sub.deadline())
+        assert (caught.value.status, caught.value.retry_after_s) == (503, 2)
+    assert producer.calls == 2 and producer.sent == []
+    assert admission.inflight == 0
+    admission.kafka_ok()  # the backlog watcher reached Kafka again
+    message = keyed("hi")
+    assert await sub.submit(message, sub.deadline()) == message
+
+
+async def test_a_keyed_send_kafka_refused_is_sent_again_on_retry() -> None:
+    """A 503 never marks the key's message as delivered: its retry sends the same message."""
+    producer = FakeProducer(failures=[KafkaConnectionError("blip")])
+    sub = submitter(producer)
+    first = keyed("hi")
+    with pytest.raises(Refusal):
+        await sub.submit(first, sub.deadline(), FakeKeys())
+    retry = keyed("hi")
+    assert await sub.submit(retry, sub.deadline(), FakeKeys()) == first
+    assert producer.sent == [first]  # with the first attempt's created_at
+
+
+def test_the_real_adapters_fit_the_submitters_protocols() -> None:
+    """What the api wires in (the store comes through Litestar, unchecked) fits; mypy checks it."""
+    wired: tuple[type[Producer], type[Gate], type[Keys]] = (
+        RenewingProducer,
+        Admission,
+        MessageStore,
+    )
+    assert all(wired)
 
 
 def test_ledger_forgets_the_oldest_past_its_size() -> None:

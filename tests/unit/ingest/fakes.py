@@ -2,7 +2,8 @@
 
 Each implements the same small Protocol as the real adapter (`Source`, `Store`,
 `Producer`) and appends what it was asked to do to one shared `events` list, so a
-test can check the order of insert, dead letter and commit.
+test can check the order of insert, dead letter and commit; `Parts` wires a real
+`Writer` to them.
 """
 
 from __future__ import annotations
@@ -10,11 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+import anyio
 import msgspec
 import psycopg
 from aiokafka import TopicPartition
 
+from feedsvc.ingest.deadletters import DeadLetters
+from feedsvc.ingest.writer import Writer
 from feedsvc.messages import DeadLetter, Message, Submission, new_message
+from feedsvc.metrics import Metrics
 
 TOPIC = "messages.submitted"
 
@@ -87,7 +92,8 @@ class FakeProducer:
 class FakeSource:
     """A group consumer that hands out the given batches, then nothing.
 
-    `raises` are raised by `getmany` first, one per call.
+    `raises` are raised by `getmany` first, one per call; `commit_failures` by `commit`
+    (an exception, or None for a commit that never returns).
     """
 
     def __init__(
@@ -105,6 +111,7 @@ class FakeSource:
         self.on_empty = on_empty
         self.committed: dict[Any, int] = {}
         self.seeks: list[Any] = []
+        self.commit_failures: list[Exception | None] = []
 
     async def getmany(self, *, timeout_ms: int, max_records: int) -> dict[Any, list[Any]]:
         if self.raises:
@@ -120,6 +127,11 @@ class FakeSource:
         return by_partition
 
     async def commit(self, offsets: dict[Any, int]) -> None:
+        if self.commit_failures:
+            failure = self.commit_failures.pop(0)
+            if failure is not None:
+                raise failure
+            await anyio.sleep_forever()
         self.committed.update(offsets)
         self.events.append("commit " + ",".join(f"{tp.partition}:{o}" for tp, o in offsets.items()))
 
@@ -128,3 +140,24 @@ class FakeSource:
 
     async def beginning_offsets(self, partitions: list[Any]) -> dict[Any, int]:
         return dict.fromkeys(partitions, self.earliest)
+
+
+class Parts:
+    """A writer wired to fakes that share one event log."""
+
+    def __init__(self, batches: list[list[Record]] | None = None) -> None:
+        self.events: list[str] = []
+        self.stopping = anyio.Event()
+        self.source = FakeSource(self.events, batches or [], on_empty=self.stopping.set)
+        self.store = FakeStore(self.events)
+        self.producer = FakeProducer(self.events)
+        self.metrics = Metrics()
+        self.writer = Writer(
+            self.source,
+            self.store,
+            DeadLetters(self.producer, 1.0, self.metrics),
+            self.metrics,
+            batch=500,
+            linger_ms=1,
+            kafka_timeout_s=1.0,
+        )

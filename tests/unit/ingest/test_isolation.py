@@ -51,6 +51,16 @@ async def test_transient_errors_are_retried_whole() -> None:
     assert len(store.rows) == 10
 
 
+async def test_each_retry_is_logged_with_the_rows_it_holds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An insert that fails transiently logs a warning naming how many rows wait on it."""
+    store = FakeStore([], [psycopg.OperationalError("lost")] * 2)
+    await insert_isolating(store, [message(f"m {i}") for i in range(6)], anyio.Event())
+    retries = [r for r in caplog.records if r.getMessage() == "insert failed, retrying"]
+    assert [getattr(r, "rows", None) for r in retries] == [6, 6]
+
+
 async def test_an_error_that_blames_no_row_is_retried_not_split() -> None:
     """A missing table refuses every row alike: waited out, never a reason to drop rows."""
     store = FakeStore([], [psycopg.errors.UndefinedTable("no table")] * 3)

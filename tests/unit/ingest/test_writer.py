@@ -9,45 +9,15 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
 from feedsvc.ingest import retry
-from feedsvc.ingest.deadletters import DEAD_LETTERS_TOTAL, DeadLetters
-from feedsvc.ingest.writer import EXPIRED_TOTAL, OUT_OF_RANGE_TOTAL, STORED_TOTAL, Writer
+from feedsvc.ingest.deadletters import DEAD_LETTERS_TOTAL
+from feedsvc.ingest.writer import EXPIRED_TOTAL, OUT_OF_RANGE_TOTAL, STORED_TOTAL
 from feedsvc.messages import Submission, encode, new_message
-from feedsvc.metrics import Metrics
-from tests.unit.ingest.fakes import (
-    TOPIC,
-    FakeProducer,
-    FakeSource,
-    FakeStore,
-    Record,
-    message,
-    record,
-)
+from tests.unit.ingest.fakes import TOPIC, Parts, message, record
 
 
 @pytest.fixture(autouse=True)
 def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(retry, "FIRST_DELAY_S", 0.001)
-
-
-class Parts:
-    """A writer wired to fakes that share one event log."""
-
-    def __init__(self, batches: list[list[Record]] | None = None) -> None:
-        self.events: list[str] = []
-        self.stopping = anyio.Event()
-        self.source = FakeSource(self.events, batches or [], on_empty=self.stopping.set)
-        self.store = FakeStore(self.events)
-        self.producer = FakeProducer(self.events)
-        self.metrics = Metrics()
-        self.writer = Writer(
-            self.source,
-            self.store,
-            DeadLetters(self.producer, 1.0, self.metrics),
-            self.metrics,
-            batch=500,
-            linger_ms=1,
-            kafka_timeout_s=1.0,
-        )
 
 
 async def test_a_refused_row_is_dead_lettered_and_its_neighbours_stored() -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 from feedsvc.messages import Message
 from feedsvc.relay.changefeed import Row
+from feedsvc.relay.fanout import Subscription
 
 EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -42,3 +44,16 @@ def parse(frames: list[bytes]) -> list[tuple[str, str | None, dict[str, str] | N
 def texts(frames: list[bytes]) -> list[str]:
     """The texts of the message events among `frames`."""
     return [data["text"] for _, event, data in parse(frames) if event == "message" and data]
+
+
+async def next_frames(sub: Subscription) -> list[bytes]:
+    """The next batch of `sub`'s frames, waiting for one; empty when the stream ended."""
+    frames = await sub.next_frames_within(None)
+    assert frames is not None
+    return frames
+
+
+async def batches(sub: Subscription) -> AsyncIterator[list[bytes]]:
+    """Every batch of `sub`'s frames until the stream ends."""
+    while frames := await next_frames(sub):
+        yield frames

@@ -9,7 +9,7 @@ import pytest
 from feedsvc.relay.changefeed import Delete, hlc_value
 from feedsvc.relay.fanout import Ahead, Fanout, ReplayFrom, Reset, Subscription
 from feedsvc.relay.frames import EventId, event_id
-from tests.unit.relay.helpers import message, parse, row, texts
+from tests.unit.relay.helpers import batches, message, next_frames, parse, row, texts
 
 
 def _sub(answer: object) -> Subscription:
@@ -296,11 +296,11 @@ def test_buffer_must_fit_in_the_ring() -> None:
         Fanout(4, 5)
 
 
-async def test_next_frames_waits_and_batches() -> None:
+async def test_a_waiting_subscriber_gets_one_batch() -> None:
     """A waiting subscriber wakes with every frame published meanwhile, in one batch."""
     fan = _fanout(0)
     sub = _sub(fan.subscribe(None))
-    waiting = asyncio.ensure_future(sub.next_frames())
+    waiting = asyncio.ensure_future(next_frames(sub))
     await asyncio.sleep(0)
     assert not waiting.done()
     fan.publish(0, row(0))
@@ -308,14 +308,14 @@ async def test_next_frames_waits_and_batches() -> None:
     assert texts(await waiting) == ["message 0", "message 1"]
 
 
-async def test_async_iteration_ends_with_close() -> None:
-    """Closing a subscription ends its iteration and removes it."""
+async def test_close_ends_the_stream() -> None:
+    """Closing a subscription ends its stream (an empty batch) and removes it."""
     fan = _fanout(0)
     sub = _sub(fan.subscribe(None))
     got: list[str] = []
 
     async def read() -> None:
-        async for batch in sub:
+        async for batch in batches(sub):
             got.extend(texts(batch))
 
     reader = asyncio.ensure_future(read())
@@ -334,8 +334,8 @@ async def test_fanout_close_drains_then_ends() -> None:
     sub = _sub(fan.subscribe(None))
     fan.publish(0, row(0))
     fan.close()
-    assert texts(await sub.next_frames()) == ["message 0"]
-    assert await sub.next_frames() == []
+    assert texts(await next_frames(sub)) == ["message 0"]
+    assert await next_frames(sub) == []
 
 
 async def test_wait_past_returns_once_consumed() -> None:
@@ -354,7 +354,7 @@ async def test_burst_while_waiting_is_not_lag_but_while_busy_is() -> None:
     """A burst bigger than the buffer cuts only subscribers that were busy, not waiting ones."""
     fan = _fanout(0, ring_size=100, buffer_size=4)
     ready, busy = _sub(fan.subscribe(None)), _sub(fan.subscribe(None))
-    waiting = asyncio.ensure_future(ready.next_frames())
+    waiting = asyncio.ensure_future(next_frames(ready))
     await asyncio.sleep(0)
     for i in range(10):  # one relay batch, published without yielding
         fan.publish(i, row(i))
