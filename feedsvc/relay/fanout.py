@@ -27,7 +27,7 @@ from feedsvc.relay.log import Entries, FrameLog
 
 DELIVERY_SAMPLE = 16
 """Events whose sequence number is a multiple of this have their delivery time taken, for
-every subscriber (`Subscription.sampled_read_at`): a uniform sample of deliveries that
+every subscriber (`Subscription.sampled`): a uniform sample of deliveries that
 costs the fan-out's hot path one division per batch, not a histogram update per frame."""
 
 
@@ -379,9 +379,9 @@ class Subscription:
         self.on_lag: Callable[[], None] | None = None
         self.reset_reason: str | None = None
         """Set when the fanout restarted under this stream (`Fanout.restart`): tell the client."""
-        self.sampled_read_at: float | None = None
-        """When the sampled event (`DELIVERY_SAMPLE`) of the last batch taken was read from
-        Kafka, or None when that batch holds none."""
+        self.sampled: tuple[float, ...] = ()
+        """When the sampled events (`DELIVERY_SAMPLE`) of the last batch taken were read
+        from Kafka (`time.monotonic()`); mostly none."""
         self._generation = fanout.generation
         self._lagging = False
         self._waiting = False
@@ -436,7 +436,9 @@ class Subscription:
             assert last is not None
             self.last_id = last
         first = -(-self._cursor // DELIVERY_SAMPLE) * DELIVERY_SAMPLE
-        self.sampled_read_at = log.read_at(first) if first < end else None
+        self.sampled = (
+            tuple(log.read_at(s) for s in range(first, end, DELIVERY_SAMPLE)) if first < end else ()
+        )
         fan.sent += len(frames)
         self._cursor = end
         return frames

@@ -207,9 +207,10 @@ async def _with_heartbeats(
             continue
         if not frames:
             return
-        read_at = sub.sampled_read_at
-        sub.sampled_read_at = None
+        sampled, sub.sampled = sub.sampled, ()
         yield b"".join(frames)
         # Resumed: the server took the chunk (uvicorn's send returned), so it is written.
-        if delivered is not None and read_at is not None:
-            delivered(time.monotonic() - read_at)
+        if delivered is not None and sampled:
+            now = time.monotonic()
+            for read_at in sampled:
+                delivered(now - read_at)

@@ -151,3 +151,25 @@ async def test_a_transient_database_error_is_retried_not_dead_lettered() -> None
     parts.store.failures = [psycopg.errors.SerializationFailure("retry")]
     await parts.writer.run(parts.stopping)
     assert len(parts.store.rows) == 5 and parts.producer.sent == []
+
+
+async def test_batches_inserts_and_retries_are_measured() -> None:
+    """Batches of 4 and 2, a 40001 and a DLQ outage: sizes, insert times, each retry recorded."""
+    parts = Parts(
+        [
+            [*(record(i, encode(message(f"m {i}"))) for i in range(3)), record(3, b"garbage")],
+            [record(i, encode(message(f"m {i}"))) for i in range(4, 6)],
+        ]
+    )
+    parts.store.failures = [psycopg.errors.SerializationFailure("retry")]
+    parts.producer.failures = [KafkaConnectionError("down")]
+    await parts.writer.run(parts.stopping)
+    value = parts.metrics.registry.get_sample_value
+    assert value("feedsvc_writer_batch_size_count") == 2
+    assert value("feedsvc_writer_batch_size_sum") == 6
+    assert value("feedsvc_writer_batch_size_bucket", {"le": "1.0"}) == 0
+    assert value("feedsvc_writer_insert_seconds_count") == 2
+    assert (value("feedsvc_writer_insert_seconds_sum") or 0) > 0
+    assert value("feedsvc_writer_retries_total", {"operation": "insert"}) == 1
+    assert value("feedsvc_writer_retries_total", {"operation": "dead letter send"}) == 1
+    assert value("feedsvc_writer_stored_total") == 5
