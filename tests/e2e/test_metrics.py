@@ -1,0 +1,78 @@
+"""`/metrics` of the running api: after real traffic its histograms and counters have moved."""
+
+from __future__ import annotations
+
+import httpx
+from local_stack import Stack
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.test_feed import ids_of, open_feed
+from tests.support import post_many, wait_for
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+POSTED = (("method", "POST"), ("route", "/messages"), ("status", "202"))
+INVALID = (("method", "POST"), ("route", "/messages"), ("status", "400"))
+DURATION = "feedsvc_http_request_duration_seconds"
+
+
+async def scrape(client: httpx.AsyncClient) -> Samples:
+    """Every sample of the api's `/metrics`, parsed by the Prometheus client's own parser."""
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
+
+
+def moved(before: Samples, after: Samples, name: str, *labels: tuple[str, str]) -> float:
+    """How much a sample grew between two scrapes (absent counts as 0)."""
+    key = (name, tuple(sorted(labels)))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+async def test_traffic_moves_the_histograms_and_counters(
+    client: httpx.AsyncClient, stack: Stack, author: str
+) -> None:
+    """40 posts read live by one feed client and a bad post: every family they touch moved."""
+    before = await scrape(client)
+    async with open_feed(stack.api_url, {"limit": 0}) as sse:
+        during = await scrape(client)
+        ids = await post_many(client, author, 40)
+        bad = await client.post(
+            "/messages", content=b"{", headers={"content-type": "application/json"}
+        )
+        assert bad.status_code == 400
+        seen: list[str] = []
+        while not set(ids) <= set(seen):
+            seen += ids_of(await sse.messages(1, within=60))
+
+        async def now() -> Samples:
+            return await scrape(client)
+
+        # Counters the relay keeps are copied in at each scrape; the delivery of the last
+        # chunk is recorded once its write returned: poll, bounded.
+        after = await wait_for(
+            now,
+            lambda s: moved(before, s, "feedsvc_feed_delivery_seconds_count") >= 2,
+            30,
+            "sampled deliveries in the histogram",
+        )
+    assert during[("feedsvc_feed_subscribers", ())] >= 1
+    assert moved(before, after, f"{DURATION}_count", *POSTED) >= 40
+    assert moved(before, after, f"{DURATION}_sum", *POSTED) > 0
+    assert moved(before, after, f"{DURATION}_count", *INVALID) >= 1
+    assert not [key for key in after if ("route", "/feed") in key[1]], "/feed is not timed"
+    assert moved(before, after, "feedsvc_posts_accepted_total") >= 40
+    refused = (("reason", "invalid"), ("status", "400"))
+    assert moved(before, after, "feedsvc_posts_refused_total", *refused) >= 1
+    assert moved(before, after, "feedsvc_feed_streams_total") >= 1
+    assert moved(before, after, "feedsvc_feed_events_total") >= 40
+    assert moved(before, after, "feedsvc_feed_events_sent_total") >= 40
+    delivered = moved(before, after, "feedsvc_feed_delivery_seconds_count")
+    assert moved(before, after, "feedsvc_feed_delivery_seconds_sum") / delivered < 10
+    lag = after[("feedsvc_relay_lag_seconds", ())]
+    assert 0 < lag < 60, f"the relay read a resolved timestamp lately: {lag}"
+    assert after[("feedsvc_feed_head_offset", ())] > before.get(("feedsvc_feed_head_offset", ()), 0)
