@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -27,6 +27,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     port: int = 8000
     """The api's listen port."""
+
+    writer_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    """Where a writer serves `/metrics` (on `host`); 0, the default, serves none, so
+    several writers on one machine never fight over a port."""
 
     max_inflight: int = 2000
     """POSTs waiting on Kafka at once; one more gets 429 at once rather than a queue."""

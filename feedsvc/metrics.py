@@ -23,7 +23,8 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from functools import cached_property
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    start_http_server,
     values,
 )
 from prometheus_client.metrics import disable_created_metrics
@@ -159,6 +161,27 @@ class Metrics:
         summed = CollectorRegistry()
         multiprocess.MultiProcessCollector(summed, path=path)  # type: ignore[no-untyped-call]
         return generate_latest(summed)
+
+    @asynccontextmanager
+    async def served(self, host: str, port: int) -> AsyncIterator[None]:
+        """Serve this process's registry at `http://host:port/metrics` meanwhile; port 0:
+        not at all.
+
+        Note: for a process without an HTTP server of its own (the writer). The client's
+        small threaded server answers from its own thread (any path but `/favicon.ico`);
+        values are read under the client's locks, so the event loop never waits for a
+        scrape.
+        """
+        if not port:
+            yield
+            return
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        try:
+            yield
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(5)
 
 
 class HttpMetrics:

@@ -130,6 +130,7 @@ async def writer(settings: Settings) -> None:
     stopping = anyio.Event()
     metrics = Metrics()
     async with (
+        metrics.served(settings.host, settings.writer_metrics_port),
         open_pool(settings, "writer") as pool,
         kafka.producer(settings) as dlq,
         kafka.writer_consumer(settings) as consumer,

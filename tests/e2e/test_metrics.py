@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
-from local_stack import Stack
+import pytest
+from local_stack import Stack, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.test_feed import ids_of, open_feed
-from tests.support import post_many, wait_for
+from tests.support import native_only, post_many, stored_ids, wait_for
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 POSTED = (("method", "POST"), ("route", "/messages"), ("status", "202"))
@@ -15,9 +18,9 @@ INVALID = (("method", "POST"), ("route", "/messages"), ("status", "400"))
 DURATION = "feedsvc_http_request_duration_seconds"
 
 
-async def scrape(client: httpx.AsyncClient) -> Samples:
-    """Every sample of the api's `/metrics`, parsed by the Prometheus client's own parser."""
-    response = await client.get("/metrics")
+async def scrape(client: httpx.AsyncClient, url: str = "/metrics") -> Samples:
+    """Every sample of a `/metrics`, parsed by the Prometheus client's own parser."""
+    response = await client.get(url)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     return {
@@ -76,3 +79,32 @@ async def test_traffic_moves_the_histograms_and_counters(
     lag = after[("feedsvc_relay_lag_seconds", ())]
     assert 0 < lag < 60, f"the relay read a resolved timestamp lately: {lag}"
     assert after[("feedsvc_feed_head_offset", ())] > before.get(("feedsvc_feed_head_offset", ()), 0)
+
+
+@pytest.mark.slow
+@native_only
+async def test_the_writer_serves_its_metrics_when_given_a_port(
+    make_stack: Callable[..., Stack], author: str
+) -> None:
+    """FEED_WRITER_METRICS_PORT: the writer's batches, inserts and stored rows are scraped."""
+    port = free_port()
+    stack = make_stack({"FEED_WRITER_METRICS_PORT": str(port)})
+    writer = f"http://127.0.0.1:{port}/metrics"
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as client:
+        before = await scrape(client, writer)
+        ids = await post_many(client, author, 30)
+        await wait_for(
+            lambda: stored_ids(stack, author), lambda got: len(got) == 30, 60, "30 rows stored"
+        )
+
+        async def now() -> Samples:
+            return await scrape(client, writer)
+
+        after = await wait_for(
+            now, lambda s: moved(before, s, "feedsvc_writer_stored_total") >= 30, 30, "stored"
+        )
+    assert len(ids) == 30
+    assert moved(before, after, "feedsvc_writer_batch_size_count") >= 1
+    assert moved(before, after, "feedsvc_writer_batch_size_sum") >= 30
+    assert moved(before, after, "feedsvc_writer_insert_seconds_count") >= 1
+    assert not [key for key in after if key[0].startswith("feedsvc_http_")], "api families"
