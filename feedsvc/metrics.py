@@ -205,9 +205,15 @@ class HttpMetrics:
         key = (method, route, status)
         child = self._children.get(key)
         if child is None:
+            if method not in _METHODS:
+                # Clients choose the method: a label value per invented one would be unbounded.
+                method = "other"
             # Children cached: `labels()` validates and locks on every call (~2 µs a POST).
             child = self._children[key] = self.duration.labels(method, route, str(status))
         child.observe(seconds)
+
+
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
 
 
 class PostMetrics:

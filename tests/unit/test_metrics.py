@@ -76,6 +76,7 @@ async def test_request_durations_by_route_template_and_status_leave_out_the_feed
         assert (await client.get("/messages/def")).status_code == 200
         assert (await client.get("/feed")).status_code == 200
         assert (await client.get("/nowhere")).status_code == 404
+        assert (await client.request("BREW", "/messages")).status_code == 405
     got = samples(metrics.render().decode())
 
     def count(method: str, route: str, status: str) -> float | None:
@@ -85,6 +86,7 @@ async def test_request_durations_by_route_template_and_status_leave_out_the_feed
     assert count("POST", "/messages", "202") == 3
     assert count("GET", "/messages/{message_id}", "200") == 2
     assert count("GET", "unmatched", "404") == 1
+    assert count("other", "unmatched", "405") == 1, "invented methods share one label"
     assert not [k for k in got if ("route", "/feed") in k[1]], "the feed is not timed"
 
 
