@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -10,7 +11,7 @@ from local_stack import Stack, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.test_feed import ids_of, open_feed
-from tests.support import native_only, post_many, stored_ids, wait_for
+from tests.support import extra_api, native_only, post_many, stored_ids, wait_for
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 POSTED = (("method", "POST"), ("route", "/messages"), ("status", "202"))
@@ -108,3 +109,36 @@ async def test_the_writer_serves_its_metrics_when_given_a_port(
     assert moved(before, after, "feedsvc_writer_batch_size_sum") >= 30
     assert moved(before, after, "feedsvc_writer_insert_seconds_count") >= 1
     assert not [key for key in after if key[0].startswith("feedsvc_http_")], "api families"
+
+
+async def test_two_api_processes_sharing_a_multiprocess_dir_add_up(
+    stack: Stack, author: str, tmp_path: Path
+) -> None:
+    """Two real api processes on one PROMETHEUS_MULTIPROC_DIR: either one's scrape is the sum."""
+    shared = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    with (
+        extra_api(stack, "api-mp1", **shared) as first,
+        extra_api(stack, "api-mp2", **shared) as second,
+    ):
+        async with (
+            httpx.AsyncClient(base_url=first, timeout=30) as one,
+            httpx.AsyncClient(base_url=second, timeout=30) as two,
+        ):
+            await post_many(one, author, 5, "one")
+            await post_many(two, author, 7, "two")
+            async with open_feed(second, {"limit": 0}):
+
+                async def seen_by_first() -> Samples:
+                    return await scrape(one)
+
+                # The second process copies its gauges in every second.
+                summed = await wait_for(
+                    seen_by_first,
+                    lambda s: s.get(("feedsvc_feed_subscribers", ()), 0) >= 1,
+                    30,
+                    "the second process's stream in the first one's scrape",
+                )
+            own = await scrape(two)
+    assert summed[("feedsvc_posts_accepted_total", ())] == 12
+    assert summed[(f"{DURATION}_count", POSTED)] == 12
+    assert own[("feedsvc_posts_accepted_total", ())] == 12, "any process answers the sum"
