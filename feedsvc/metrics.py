@@ -21,7 +21,6 @@ than a metric update per event.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -56,15 +55,16 @@ BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 def prepare_multiprocess(directory: str | os.PathLike[str]) -> None:
     """Make this process and every worker it starts from now on share metrics in `directory`.
 
-    Call it in the launcher before starting the workers: it empties `directory` (values
-    of an earlier run would be added to this one's), sets `PROMETHEUS_MULTIPROC_DIR`
+    Call it in the launcher before starting the workers: it creates `directory` or
+    deletes the client's files (`*.db`) in it (values of an earlier run would be added
+    to this one's), sets `PROMETHEUS_MULTIPROC_DIR`
     for the children, and switches this process's metric values to that directory too
     (a forked child inherits the switch; a spawned one reads the variable).
     """
     path = Path(directory)
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
     os.environ[MULTIPROC_ENV] = str(path)
     # The client picks its value class when it is imported; metrics made after this
     # line, here or in a forked child, write to the directory.

@@ -153,6 +153,8 @@ def _worker(posts: int, conn: Connection) -> None:
 
 def launch(directory: str) -> None:
     """A launcher: two workers (one forked, one spawned), each scraped, one exiting first."""
+    Path(directory).mkdir()
+    (Path(directory) / "counter_1.db").write_bytes(b"an earlier run's file")
     prepare_multiprocess(directory)
     workers = []
     fork, spawn = multiprocessing.get_context("fork"), multiprocessing.get_context("spawn")
