@@ -19,7 +19,8 @@ from feedsvc.http.submit import Submitter
 from feedsvc.ingest.deadletters import DeadLetters
 from feedsvc.ingest.writer import Writer
 from feedsvc.messages import FEED_RESTART_KEY, FeedRestart, encode_feed_restart
-from feedsvc.metrics import Metrics, resolved_lag_s
+from feedsvc.metrics import Metrics
+from feedsvc.metrics.families import resolved_lag_s
 from feedsvc.relay.fanout import Fanout
 from feedsvc.relay.reader import CommittedReader
 from feedsvc.store import MessageStore, open_pool

@@ -13,7 +13,7 @@ import time
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from feedsvc.metrics import HttpMetrics
+from feedsvc.metrics.families import HttpMetrics
 
 log = logging.getLogger("feedsvc.access")
 

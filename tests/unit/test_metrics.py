@@ -18,13 +18,8 @@ from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from feedsvc.http.access import AccessLog
-from feedsvc.metrics import (
-    Metrics,
-    prepare_multiprocess,
-    reason_kind,
-    resolved_lag_s,
-    worker_exited,
-)
+from feedsvc.metrics import Metrics, prepare_multiprocess, worker_exited
+from feedsvc.metrics.families import reason_kind, resolved_lag_s
 from feedsvc.relay.reader import RECREATED
 from feedsvc.relay.stream import BUSY
 
