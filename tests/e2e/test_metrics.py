@@ -64,6 +64,12 @@ async def test_traffic_moves_the_histograms_and_counters(
             30,
             "sampled deliveries in the histogram",
         )
+    async with open_feed(stack.api_url, {"limit": 0, "last_event_id": "garbage"}) as lost:
+        while (event := await lost.next(30)) is not None and event.event != "reset":
+            pass
+    unknown = ("reason", "unknown_position")
+    resets = await scrape(client)
+    assert moved(after, resets, "feedsvc_feed_resets_total", unknown) >= 1
     assert during[("feedsvc_feed_subscribers", ())] >= 1
     assert moved(before, after, f"{DURATION}_count", *POSTED) >= 40
     assert moved(before, after, f"{DURATION}_sum", *POSTED) > 0

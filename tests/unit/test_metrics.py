@@ -119,7 +119,12 @@ def test_reset_and_resume_reasons_become_few_labels() -> None:
     )
     assert reason_kind(f"position 12-ab is gone: {RECREATED}") == "topic_recreated"
     assert reason_kind("the feed's reader fell behind the topic's retention") == "retention"
-    assert reason_kind("job is failed; restarting from its high-water mark") == "changefeed_gap"
+    for gap in (
+        "job is failed and never reached a high-water mark",
+        "no changefeed job is visible (finished jobs are listed for 12 hours only)",
+        "creating from the high-water mark failed: boom",
+    ):
+        assert reason_kind(gap) == "changefeed_gap", gap
     assert reason_kind("something new") == "other"
 
 
