@@ -52,9 +52,12 @@ def prepare_multiprocess(directory: str | os.PathLike[str]) -> None:
 
     Call it in the launcher before starting the workers: it creates `directory` or
     deletes the client's files (`*.db`) in it (values of an earlier run would be added
-    to this one's), sets `PROMETHEUS_MULTIPROC_DIR`
-    for the children, and switches this process's metric values to that directory too
-    (a forked child inherits the switch; a spawned one reads the variable).
+    to this one's), sets `PROMETHEUS_MULTIPROC_DIR` for the children, and switches this
+    process's metric values to that directory too (a forked child inherits the switch;
+    a spawned one reads the variable).
+
+    Note: each worker builds its `Metrics` after this call; one built before it keeps
+    its values to itself.
     """
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
