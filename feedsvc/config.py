@@ -43,6 +43,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     port: Port = 8000
     """The api's listen port."""
 
+    writer_metrics_port: Port = 0
+    """Where a writer serves `/metrics` (on `host`); 0, the default, serves none, so
+    several writers on one machine never fight over a port."""
+
     max_inflight: Positive = 2000
     """POSTs waiting on Kafka at once; one more gets 429 at once rather than a queue."""
 

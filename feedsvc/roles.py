@@ -20,6 +20,7 @@ from feedsvc.ingest.deadletters import DeadLetters
 from feedsvc.ingest.writer import Writer
 from feedsvc.messages import FEED_RESTART_KEY, FeedRestart, encode_feed_restart
 from feedsvc.metrics import Metrics
+from feedsvc.metrics.families import resolved_lag_s
 from feedsvc.relay.fanout import Fanout
 from feedsvc.relay.reader import CommittedReader
 from feedsvc.store import MessageStore, open_pool
@@ -50,6 +51,7 @@ async def api(settings: Settings) -> None:
         reader = CommittedReader(settings)
         fanout: Fanout = await tasks.start(reader.run)
         _feed_metrics(metrics, reader, fanout)
+        tasks.start_soon(metrics.refresh_every)
         parts = ApiParts(
             settings=settings,
             store=MessageStore(pool),
@@ -111,43 +113,17 @@ def _listen(settings: Settings) -> socket.socket:
 
 
 def _feed_metrics(metrics: Metrics, reader: CommittedReader, fanout: Fanout) -> None:
-    metrics.counter("feedsvc_feed_turned_away_total", "Feed streams refused with a retry hint.")
-    metrics.gauge("feedsvc_feed_subscribers", "Open feed streams.", lambda: fanout.subscribers)
-    metrics.gauge(
-        "feedsvc_feed_head_offset",
-        "Next offset of messages.committed to read.",
-        lambda: fanout.head,
-    )
-    metrics.gauge(
-        "feedsvc_feed_lag_cuts_total",
-        "Feed streams ended for falling behind (told to resume).",
-        lambda: fanout.lag_cuts,
-    )
-    metrics.gauge(
-        "feedsvc_feed_replays",
-        "Resumes older than the ring being read back from Kafka now (one consumer each).",
-        lambda: reader.replays,
-    )
-    metrics.gauge(
-        "feedsvc_feed_replays_max",
-        "Replays allowed at once; a resume beyond it gets a retry hint.",
-        lambda: reader.max_replays,
-    )
-    metrics.gauge(
-        "feedsvc_feed_replays_refused_total",
-        "Resumes answered with a retry hint because every replay slot was taken.",
-        lambda: reader.replays_refused,
-    )
-    metrics.gauge(
-        "feedsvc_feed_restarts_total",
-        "Times the topic lost the relay's position (recreated, or retention) and it restarted.",
-        lambda: reader.restarts,
-    )
-    metrics.gauge(
-        "feedsvc_feed_events_total",
-        "Feed events published (duplicates dropped).",
-        lambda: reader.published,
-    )
+    feed = metrics.feed
+    metrics.follow(feed.subscribers, lambda: fanout.subscribers)
+    metrics.follow(feed.head_offset, lambda: fanout.head)
+    metrics.follow(feed.relay_lag, lambda: resolved_lag_s(fanout.resolved))
+    metrics.follow(feed.replays, lambda: reader.replays)
+    metrics.follow(feed.replays_max, lambda: reader.max_replays)
+    metrics.count(feed.events, lambda: reader.published)
+    metrics.count(feed.sent, lambda: fanout.sent)
+    metrics.count(feed.lag_cuts, lambda: fanout.lag_cuts)
+    metrics.count(feed.replays_refused, lambda: reader.replays_refused)
+    metrics.count(feed.restarts, lambda: reader.restarts)
 
 
 async def writer(settings: Settings) -> None:
@@ -155,6 +131,7 @@ async def writer(settings: Settings) -> None:
     stopping = anyio.Event()
     metrics = Metrics()
     async with (
+        metrics.served(settings.host, settings.writer_metrics_port),
         open_pool(settings, "writer") as pool,
         kafka.producer(settings) as dlq,
         kafka.writer_consumer(settings) as consumer,

@@ -1,7 +1,8 @@
-"""Access logs: one JSON line per HTTP request, written when the request completes.
+"""Access logs and request durations: one JSON line and one histogram sample per request.
 
 A `/feed` stream is one request: it is logged once, when the connection ends, with the
-whole time it was open; its events are not logged.
+whole time it was open; its events are not logged, and it is not in the histogram
+(`HttpMetrics.observe`): an endless stream is no latency.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import time
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from feedsvc.metrics.families import HttpMetrics
 
 log = logging.getLogger("feedsvc.access")
 
@@ -24,14 +27,18 @@ class AccessLog:
     no use here), status (500 when the app failed before answering, 0 when the client
     left first), `duration_ms`, and `message_id` when the answer names one in its
     `Location` header (a 202 to `POST /messages`). Cheap on the hot POST path: no
-    regex, no encoding beyond the log line itself.
+    regex, no encoding beyond the log line itself. With `metrics`, each request's
+    duration is also recorded under its route template (Litestar's `path_template`;
+    "unmatched" when no route matched, so ids in paths never become label values).
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: HttpMetrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP or not log.isEnabledFor(logging.INFO):
+        logged = log.isEnabledFor(logging.INFO)
+        if scope["type"] != ScopeType.HTTP or not (logged or self.metrics):
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
@@ -54,12 +61,18 @@ class AccessLog:
             failed = True
             raise
         finally:
-            fields: dict[str, object] = {
-                "method": scope.get("method"),
-                "path": scope["path"],
-                "status": 500 if failed and status == 0 else status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-            }
-            if location is not None:
-                fields["message_id"] = location.rpartition(b"/")[2].decode("latin-1")
-            log.info("request", extra=fields)
+            seconds = time.perf_counter() - started
+            status = 500 if failed and status == 0 else status
+            if self.metrics is not None:
+                route = scope.get("path_template", "unmatched")
+                self.metrics.observe(scope["method"], route, status, seconds)
+            if logged:
+                fields: dict[str, object] = {
+                    "method": scope.get("method"),
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 1),
+                }
+                if location is not None:
+                    fields["message_id"] = location.rpartition(b"/")[2].decode("latin-1")
+                log.info("request", extra=fields)

@@ -79,5 +79,5 @@ def create_app(parts: ApiParts) -> Litestar:
     )
     # Around Litestar's whole handler (its exception and CORS layers included), so requests
     # no route matches are logged too; the `middleware=` option wraps matched routes only.
-    app.asgi_handler = AccessLog(app.asgi_handler)
+    app.asgi_handler = AccessLog(app.asgi_handler, parts.metrics.http)
     return app

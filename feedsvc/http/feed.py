@@ -102,7 +102,7 @@ async def feed(
     """
     # Starting (not caught up), stopping, or full: a retry hint, never an error status.
     if not fanout.ready or fanout.closed or fanout.subscribers >= settings.max_subscribers:
-        metrics.inc("feedsvc_feed_turned_away_total")
+        metrics.feed.turned_away.inc()
         return Stream(BUSY, headers=SSE_HEADERS)
     lifetime: _Lifetime = request.scope["state"][_LIFETIME]
     stream = FeedStream(
@@ -113,6 +113,9 @@ async def feed(
         limit=settings.history_limit if limit is None else limit,
         heartbeat_s=settings.heartbeat_s,
         on_lag=lifetime.on_lag,
+        on_delivered=metrics.feed.delivery.observe,
+        on_notice=metrics.feed.notice,
     )
+    metrics.feed.streams.inc()
     lifetime.stream = stream
     return Stream(stream.frames(), headers=SSE_HEADERS)

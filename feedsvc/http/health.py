@@ -41,5 +41,5 @@ async def ready(
 
 @get("/metrics", media_type="text/plain; version=0.0.4")
 async def render_metrics(metrics: Metrics) -> str:
-    """Prometheus text exposition."""
-    return metrics.render()
+    """Prometheus text exposition (every api worker's, summed, when there are several)."""
+    return metrics.render().decode()

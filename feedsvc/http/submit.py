@@ -95,22 +95,9 @@ class Submitter:
         self.metrics = metrics
         self.timeout_s = timeout_s
         self.ledger = KeyLedger()
-        metrics.counter("feedsvc_posts_accepted_total", "Messages acknowledged by Kafka (202).")
-        metrics.counter("feedsvc_posts_refused_total", "POSTs refused, by status and reason.")
-        metrics.counter(
-            "feedsvc_idempotency_unchecked_total",
-            "Keyed POSTs sent without checking the key: the database did not answer in time.",
-        )
-        metrics.gauge(
-            "feedsvc_posts_inflight",
-            "POSTs admitted and not answered yet (key lookup, Kafka send).",
-            lambda: admission.inflight,
-        )
-        metrics.gauge(
-            "feedsvc_writer_backlog",
-            "Records the writer has not stored yet.",
-            lambda: admission.backlog,
-        )
+        self.posts = metrics.posts
+        metrics.follow(self.posts.inflight, lambda: admission.inflight)
+        metrics.follow(self.posts.writer_backlog, lambda: admission.backlog)
 
     def deadline(self) -> float:
         """When a request arriving now must have its answer, on the event loop's clock."""
@@ -181,7 +168,7 @@ class Submitter:
     def _unchecked(self, why: str) -> None:
         # Sending unchecked keeps posting available while the database is down; the
         # insert-if-absent still stores the id once.
-        self.metrics.inc("feedsvc_idempotency_unchecked_total")
+        self.posts.idempotency_unchecked.inc()
         log.warning("idempotency key not checked", extra={"error": why})
 
     async def _send(self, message: Message, deadline: float) -> None:
@@ -197,6 +184,7 @@ class Submitter:
             # A send left too little time by the rest of the request says nothing of Kafka.
             if not isinstance(exc, TimeoutError) or given >= self.timeout_s / 2:
                 self.admission.kafka_failed()
+            self.posts.kafka_send_errors.labels(type(exc).__name__).inc()
             log.warning("kafka send failed", extra={"error": repr(exc), "id": str(message.id)})
             raise Refusal(503, "Kafka did not acknowledge the message in time", 2) from None
         self.admission.kafka_ok()
@@ -243,21 +231,19 @@ async def post_message(
     try:
         submission = decode_submission(await request.body())
     except InvalidSubmission as exc:
-        submitter.metrics.inc("feedsvc_posts_refused_total", status="400", reason="invalid")
+        submitter.posts.refused.labels("400", "invalid").inc()
         return problem(400, exc.detail, exc.field)
     try:
         message = await submitter.submit(
             new_message(submission, key), deadline, store if key is not None else None
         )
     except Refusal as refusal:
-        submitter.metrics.inc(
-            "feedsvc_posts_refused_total", status=str(refusal.status), reason=refusal.reason
-        )
+        submitter.posts.refused.labels(str(refusal.status), refusal.reason).inc()
         return problem(refusal.status, refusal.reason, retry_after_s=refusal.retry_after_s)
     except KeyReused as exc:
-        submitter.metrics.inc("feedsvc_posts_refused_total", status="422", reason="key reused")
+        submitter.posts.refused.labels("422", "key reused").inc()
         return problem(422, str(exc), "idempotency-key")
-    submitter.metrics.inc("feedsvc_posts_accepted_total")
+    submitter.posts.accepted.inc()
     body = Accepted(
         id=message.id, author=message.author, text=message.text, created_at=message.created_at
     )

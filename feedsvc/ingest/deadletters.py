@@ -18,6 +18,7 @@ from feedsvc.metrics import Metrics
 log = logging.getLogger(__name__)
 
 DEAD_LETTERS_TOTAL = "feedsvc_writer_dead_letters_total"
+"""The name of its samples in `/metrics` (label `stage`)."""
 
 
 class Producer(Protocol):
@@ -40,7 +41,7 @@ class DeadLetters:
         self.producer = producer
         self.timeout_s = timeout_s
         self.metrics = metrics
-        metrics.counter(DEAD_LETTERS_TOTAL, "Records sent to messages.dlq, by stage.")
+        self.counts = metrics.writer
 
     async def send(self, letters: Sequence[DeadLetter], stopping: anyio.Event) -> None:
         """Send every letter in order; returns once Kafka acknowledged them all.
@@ -50,8 +51,15 @@ class DeadLetters:
         """
         for letter in letters:
             send = partial(self.producer.send_and_wait, DLQ, encode(letter))
-            await until_done(send, _retriable, stopping, "dead letter send", self.timeout_s)
-            self.metrics.inc(DEAD_LETTERS_TOTAL, stage=letter.stage)
+            await until_done(
+                send,
+                _retriable,
+                stopping,
+                "dead letter send",
+                self.timeout_s,
+                on_retry=self.counts.retried,
+            )
+            self.counts.dead_letters.labels(letter.stage).inc()
             log.warning(
                 "dead letter",
                 extra={

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Protocol
 
@@ -23,7 +23,10 @@ class Store(Protocol):
 
 
 async def insert_isolating(
-    store: Store, messages: Sequence[Message], stopping: anyio.Event
+    store: Store,
+    messages: Sequence[Message],
+    stopping: anyio.Event,
+    on_retry: Callable[[str], None] | None = None,
 ) -> list[tuple[Message, Exception]]:
     """Insert every message the database takes; returns the refused ones, each with its error.
 
@@ -40,7 +43,12 @@ async def insert_isolating(
         chunk = pending.pop()
         try:
             await until_done(
-                partial(store.insert, chunk), _retriable, stopping, "insert", rows=len(chunk)
+                partial(store.insert, chunk),
+                _retriable,
+                stopping,
+                "insert",
+                on_retry=on_retry,
+                rows=len(chunk),
             )
         except Exception as exc:
             if not is_refusal(exc):

@@ -25,6 +25,7 @@ async def until_done(
     stopping: anyio.Event,
     what: str,
     timeout_s: float | None = None,
+    on_retry: Callable[[str], None] | None = None,
     **context: object,
 ) -> T:
     """Call `attempt` until it succeeds, backing off (0.05 s doubling to 2 s) between tries.
@@ -33,7 +34,7 @@ async def until_done(
     outage gets about 1.5 s more, then `BatchAbandoned` is raised: the caller leaves
     its batch uncommitted, so whoever owns the partitions next handles it; nothing is
     skipped. `timeout_s` bounds each attempt (a send to a down broker waits forever);
-    `context` is logged with each retry.
+    `on_retry(what)` is called (e.g. to count it) and `context` logged with each retry.
     """
     delay = FIRST_DELAY_S
     while True:
@@ -47,6 +48,8 @@ async def until_done(
                 raise
             if stopping.is_set() and delay >= 1:
                 raise BatchAbandoned(what) from exc
+            if on_retry is not None:
+                on_retry(what)
             log.warning(
                 f"{what} failed, retrying",
                 extra={"error": repr(exc), "retry_in_s": delay, **context},

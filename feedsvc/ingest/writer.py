@@ -19,6 +19,7 @@ from feedsvc.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+# The names of its samples in `/metrics`.
 STORED_TOTAL = "feedsvc_writer_stored_total"
 OUT_OF_RANGE_TOTAL = "feedsvc_writer_offsets_out_of_range_total"
 EXPIRED_TOTAL = "feedsvc_writer_records_expired_total"
@@ -73,12 +74,7 @@ class Writer:
         self.kafka_timeout_s = kafka_timeout_s
         self.stored = 0
         self.dead = 0
-        metrics.counter(STORED_TOTAL, "Records of messages.submitted stored (repeats included).")
-        metrics.counter(
-            OUT_OF_RANGE_TOTAL,
-            "Times the writer's committed offset was outside its partition (expired or recreated).",
-        )
-        metrics.counter(EXPIRED_TOTAL, "Records retention deleted before the writer read them.")
+        self.counts = metrics.writer
 
     async def run(self, stopping: anyio.Event) -> None:
         """Consume until `stopping` is set; the batch in hand is finished first."""
@@ -119,8 +115,13 @@ class Writer:
 
     async def handle(self, records: Sequence[Record], stopping: anyio.Event) -> None:
         """decode → insert (refused rows isolated) → dead letters → commit, in that order."""
+        self.counts.batch_size.observe(len(records))
         batch = decode_batch(records)
-        refused = await insert_isolating(self.store, batch.messages, stopping)
+        started = time.perf_counter()
+        refused = await insert_isolating(
+            self.store, batch.messages, stopping, on_retry=self.counts.retried
+        )
+        self.counts.insert_seconds.observe(time.perf_counter() - started)
         dead = list(batch.dead)
         for message, exc in refused:
             first, *repeats = batch.records[message.id]
@@ -134,7 +135,7 @@ class Writer:
         await self._commit(records, stopping)
         refused_ids = {message.id for message, _ in refused}
         stored = sum(len(rs) for id_, rs in batch.records.items() if id_ not in refused_ids)
-        self.metrics.inc(STORED_TOTAL, stored)
+        self.counts.stored.inc(stored)
         self.stored += stored
         self.dead += len(dead)
 
@@ -151,6 +152,7 @@ class Writer:
                 stopping,
                 "offset commit",
                 self.kafka_timeout_s,
+                on_retry=self.counts.retried,
             )
         except KafkaError as exc:
             # The partitions moved to another writer, which re-reads from the last
@@ -179,9 +181,9 @@ class Writer:
             return
         for tp, position in positions.items():
             earliest = starts.get(tp, 0)
-            self.metrics.inc(OUT_OF_RANGE_TOTAL)
+            self.counts.out_of_range.inc()
             if position < earliest:
-                self.metrics.inc(EXPIRED_TOTAL, earliest - position)
+                self.counts.expired.inc(earliest - position)
                 log.error(
                     "records expired before the writer stored them",
                     extra={

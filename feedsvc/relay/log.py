@@ -35,6 +35,7 @@ class FrameLog:
         self._offsets: list[int] = []
         self._events: list[Row | Delete] = []
         self._resolved: list[int | None] = []
+        self._read_at: list[float] = []
         self._base = 0
         self._evicted_floor = floor
 
@@ -66,14 +67,22 @@ class FrameLog:
         return self._ids[-1] if self._ids else None
 
     def append(
-        self, offset: int, event: Row | Delete, eid: str, frame: bytes, resolved: int | None
+        self,
+        offset: int,
+        event: Row | Delete,
+        eid: str,
+        frame: bytes,
+        resolved: int | None,
+        read_at: float = 0.0,
     ) -> None:
-        """Add the event at `offset` (offsets increase)."""
+        """Add the event at `offset` (offsets increase), read from Kafka at `read_at`
+        (`time.monotonic()`)."""
         self._frames.append(frame)
         self._ids.append(eid)
         self._offsets.append(offset)
         self._events.append(event)
         self._resolved.append(resolved)
+        self._read_at.append(read_at)
         if len(self._frames) >= 2 * self.ring_size:
             self._compact()
 
@@ -91,6 +100,10 @@ class FrameLog:
     def frames_since(self, seq: int) -> list[bytes]:
         """The frames from sequence number `seq` on (the hot path: one slice)."""
         return self._frames[seq - self._base :]
+
+    def read_at(self, seq: int) -> float:
+        """When the event at sequence number `seq` (in the log) was read from Kafka."""
+        return self._read_at[seq - self._base]
 
     def id_before(self, seq: int) -> str:
         """The id of the event just before sequence number `seq` (which must be in the log)."""
@@ -112,6 +125,13 @@ class FrameLog:
     def _compact(self) -> None:
         drop = len(self._frames) - self.ring_size
         self._evicted_floor = self._offsets[drop - 1] + 1
-        for log in (self._frames, self._ids, self._offsets, self._events, self._resolved):
+        for log in (
+            self._frames,
+            self._ids,
+            self._offsets,
+            self._events,
+            self._resolved,
+            self._read_at,
+        ):
             del log[:drop]
         self._base += drop

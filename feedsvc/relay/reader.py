@@ -15,6 +15,7 @@ tell the client why, truthfully.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -132,10 +133,11 @@ class CommittedReader:
                         fanout.restart(low, high, reason)
                         consumer.seek(tp, fanout.start_offset)
                         continue
+                    read_at = time.monotonic()
                     for record in batch.get(tp, ()):
                         event = _decode(record)
                         if isinstance(event, Row | Delete):
-                            self.published += fanout.publish(record.offset, event)
+                            self.published += fanout.publish(record.offset, event, read_at)
                         elif isinstance(event, Resolved):
                             fanout.resolve(record.offset, event.hlc)
                         elif isinstance(event, Gap):

@@ -27,6 +27,7 @@ committed after the history's oldest, each once, in changefeed order after the h
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
@@ -52,12 +53,17 @@ History = Callable[[int], Awaitable[tuple[list[Message], str]]]
 """Reads the latest N messages (newest first) and the read's snapshot time (an HLC string)."""
 Replayer = Callable[[Fanout, ReplayFrom], AsyncIterator[bytes | Reset | Subscription]]
 """Serves a position older than the ring from Kafka (`CommittedReader.replay`)."""
+Delivered = Callable[[float], None]
+"""Told the seconds from a sampled live event's read from Kafka to its frame written."""
+Notice = Callable[[str, str], None]
+"""Told each `reset` or `resume` event sent: its kind and its reason."""
 
 
 class FeedStream:
     """The frames of one feed client, from `frames()`; `close()` releases its subscription.
 
-    Note: `on_lag` is handed to the live subscription (`Subscription.on_lag`).
+    Note: `on_lag` is handed to the live subscription (`Subscription.on_lag`);
+    `on_delivered` and `on_notice`, when given, are for metrics.
     """
 
     def __init__(
@@ -70,6 +76,8 @@ class FeedStream:
         limit: int,
         heartbeat_s: float,
         on_lag: Callable[[], None] | None = None,
+        on_delivered: Delivered | None = None,
+        on_notice: Notice | None = None,
     ) -> None:
         self.fanout = fanout
         self._replay = replay
@@ -78,6 +86,8 @@ class FeedStream:
         self.limit = limit
         self.heartbeat_s = heartbeat_s
         self.on_lag = on_lag
+        self.on_delivered = on_delivered
+        self.on_notice = on_notice
         self.subscription: Subscription | None = None
         self._closed = False
 
@@ -122,8 +132,10 @@ class FeedStream:
                 sub = self._attach(start)
                 if fresh and self.limit and (history := await self._history_frames(sub)):
                     yield history
-                async for frames in _with_heartbeats(sub, self.heartbeat_s):
+                async for frames in _with_heartbeats(sub, self.heartbeat_s, self.on_delivered):
                     yield frames
+                if sub.lagging:
+                    self._notice("resume", "the client fell behind")
                 if sub.reset_reason is None:
                     break
                 # The topic lost our position (`Fanout.restart`): start this client over.
@@ -131,6 +143,7 @@ class FeedStream:
                     while not fanout.ready and not fanout.closed:
                         await fanout.wait_past(fanout.head)
                 if not fanout.ready or fanout.closed:
+                    self._notice("reset", sub.reset_reason)
                     yield reset_frame("", sub.reset_reason)  # an empty id: start afresh
                     for frame in BUSY:
                         yield frame
@@ -140,6 +153,7 @@ class FeedStream:
                 assert isinstance(again, Subscription), again
                 start, fresh = again, True
             if fanout.closed and not sub.lagging:
+                self._notice("resume", "the server is shutting down")
                 yield resume_frame(sub.last_id, "the server is shutting down; reconnect to resume")
         finally:
             self.close()
@@ -170,6 +184,7 @@ class FeedStream:
 
     def _reset(self, reason: str) -> bytes:
         log.info("feed reset", extra={"reason": reason, "last_event_id": self.last_event_id})
+        self._notice("reset", reason)
         return reset_frame(str(self.fanout.position), reason)
 
     async def _history_frames(self, sub: Subscription) -> bytes:
@@ -177,8 +192,14 @@ class FeedStream:
         history_id = sub.start_snapshot(hlc_value(snapshot))
         return b"".join(message_frame(history_id, m) for m in reversed(messages))
 
+    def _notice(self, kind: str, reason: str) -> None:
+        if self.on_notice is not None:
+            self.on_notice(kind, reason)
 
-async def _with_heartbeats(sub: Subscription, every_s: float) -> AsyncIterator[bytes]:
+
+async def _with_heartbeats(
+    sub: Subscription, every_s: float, delivered: Delivered | None = None
+) -> AsyncIterator[bytes]:
     while True:
         frames = await sub.next_frames_within(every_s)
         if frames is None:
@@ -186,4 +207,10 @@ async def _with_heartbeats(sub: Subscription, every_s: float) -> AsyncIterator[b
             continue
         if not frames:
             return
+        sampled, sub.sampled = sub.sampled, ()
         yield b"".join(frames)
+        # Resumed: the server took the chunk (uvicorn's send returned), so it is written.
+        if delivered is not None and sampled:
+            now = time.monotonic()
+            for read_at in sampled:
+                delivered(now - read_at)

@@ -11,6 +11,7 @@ from litestar.testing import AsyncTestClient
 
 from feedsvc.config import Settings
 from feedsvc.http.app import ApiParts, create_app
+from feedsvc.metrics import Metrics
 
 # Building the whole app warns of Litestar 2.25 deprecations in handlers other work on
 # issue 9 is rewriting (inferred dependencies, `Parameter(query=)`); not this test's subject.
@@ -22,8 +23,11 @@ OTHER = "https://evil.example"
 
 def app(cors_origins: str) -> Any:
     # The routes asked here use none of the collaborators.
-    unused = {f.name: cast(Any, None) for f in dataclasses.fields(ApiParts) if f.name != "settings"}
-    return create_app(ApiParts(settings=Settings(cors_origins=cors_origins), **unused))
+    used = ("settings", "metrics")
+    unused = {f.name: cast(Any, None) for f in dataclasses.fields(ApiParts) if f.name not in used}
+    return create_app(
+        ApiParts(settings=Settings(cors_origins=cors_origins), metrics=Metrics(), **unused)
+    )
 
 
 async def preflight(client: AsyncTestClient[Any], origin: str) -> httpx.Response:

@@ -54,7 +54,7 @@ async def test_kafka_down_is_waited_out_and_every_letter_sent_once_counted() -> 
     letters = [dead_letter("messages.submitted", 0, o, b"k", b"x", "decode", "r") for o in (4, 7)]
     await DeadLetters(producer, 1.0, metrics).send(letters, anyio.Event())
     assert [letter.offset for letter in producer.sent] == [4, 7]
-    assert metrics.value(DEAD_LETTERS_TOTAL, stage="decode") == 2
+    assert (metrics.registry.get_sample_value(DEAD_LETTERS_TOTAL, {"stage": "decode"}) or 0) == 2
 
 
 async def test_a_send_that_hangs_times_out_and_is_retried() -> None:
@@ -87,4 +87,4 @@ async def test_stopping_while_kafka_is_down_abandons_without_counting() -> None:
     letter = dead_letter("messages.submitted", 0, 1, None, b"x", "decode", "r")
     with anyio.fail_after(10), pytest.raises(BatchAbandoned):
         await DeadLetters(producer, 1.0, metrics).send([letter], stopping)
-    assert metrics.value(DEAD_LETTERS_TOTAL, stage="decode") == 0
+    assert (metrics.registry.get_sample_value(DEAD_LETTERS_TOTAL, {"stage": "decode"}) or 0) == 0

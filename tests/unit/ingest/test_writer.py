@@ -31,8 +31,10 @@ async def test_a_refused_row_is_dead_lettered_and_its_neighbours_stored() -> Non
     assert [(d.offset, d.stage) for d in parts.producer.sent] == [(4, "insert")]
     assert "NUL" in parts.producer.sent[0].reason
     assert parts.source.committed == {TopicPartition(TOPIC, 0): 10}
-    assert parts.metrics.value(DEAD_LETTERS_TOTAL, stage="insert") == 1
-    assert parts.metrics.value(STORED_TOTAL) == 9
+    assert (
+        parts.metrics.registry.get_sample_value(DEAD_LETTERS_TOTAL, {"stage": "insert"}) or 0
+    ) == 1
+    assert (parts.metrics.registry.get_sample_value(STORED_TOTAL) or 0) == 9
 
 
 async def test_the_offset_is_committed_after_the_rows_and_the_dead_letters() -> None:
@@ -94,7 +96,7 @@ async def test_a_new_group_starts_at_the_earliest_quietly() -> None:
     parts.source.raises = [NoOffsetForPartitionError(tp)]
     await parts.writer.run(parts.stopping)
     assert parts.source.seeks == [tp]
-    assert parts.metrics.value(OUT_OF_RANGE_TOTAL) == 0
+    assert (parts.metrics.registry.get_sample_value(OUT_OF_RANGE_TOTAL) or 0) == 0
 
 
 async def test_an_expired_position_is_counted_and_logged_as_lost(
@@ -107,8 +109,8 @@ async def test_an_expired_position_is_counted_and_logged_as_lost(
     parts.source.earliest = 10
     await parts.writer.run(parts.stopping)
     assert parts.source.seeks == [tp]
-    assert parts.metrics.value(OUT_OF_RANGE_TOTAL) == 1
-    assert parts.metrics.value(EXPIRED_TOTAL) == 7
+    assert (parts.metrics.registry.get_sample_value(OUT_OF_RANGE_TOTAL) or 0) == 1
+    assert (parts.metrics.registry.get_sample_value(EXPIRED_TOTAL) or 0) == 7
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and getattr(errors[0], "lost", None) == 7
 
@@ -119,3 +121,25 @@ async def test_a_transient_database_error_is_retried_not_dead_lettered() -> None
     parts.store.failures = [psycopg.errors.SerializationFailure("retry")]
     await parts.writer.run(parts.stopping)
     assert len(parts.store.rows) == 5 and parts.producer.sent == []
+
+
+async def test_batches_inserts_and_retries_are_measured() -> None:
+    """Batches of 4 and 2, a 40001 and a DLQ outage: sizes, insert times, each retry recorded."""
+    parts = Parts(
+        [
+            [*(record(i, encode(message(f"m {i}"))) for i in range(3)), record(3, b"garbage")],
+            [record(i, encode(message(f"m {i}"))) for i in range(4, 6)],
+        ]
+    )
+    parts.store.failures = [psycopg.errors.SerializationFailure("retry")]
+    parts.producer.failures = [KafkaConnectionError("down")]
+    await parts.writer.run(parts.stopping)
+    value = parts.metrics.registry.get_sample_value
+    assert value("feedsvc_writer_batch_size_count") == 2
+    assert value("feedsvc_writer_batch_size_sum") == 6
+    assert value("feedsvc_writer_batch_size_bucket", {"le": "1.0"}) == 0
+    assert value("feedsvc_writer_insert_seconds_count") == 2
+    assert (value("feedsvc_writer_insert_seconds_sum") or 0) > 0
+    assert value("feedsvc_writer_retries_total", {"operation": "insert"}) == 1
+    assert value("feedsvc_writer_retries_total", {"operation": "dead letter send"}) == 1
+    assert value("feedsvc_writer_stored_total") == 5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import anyio
@@ -166,3 +167,53 @@ async def test_positions_before_a_gap_marker_are_reset_with_its_reason() -> None
     after = fan.subscribe(event_id(4, message(4).id))
     assert isinstance(after, Subscription)
     after.close()
+
+
+async def test_sampled_live_deliveries_are_timed_from_their_read_once_written() -> None:
+    """Events 0 and 16 of 20 are sampled: two delays, told once the chunk is written."""
+    fan = _fanout(0)
+    delays: list[float] = []
+    stream = FeedStream(
+        fan,
+        _no_replay,
+        _history(0),
+        last_event_id=None,
+        limit=0,
+        heartbeat_s=0.05,
+        on_delivered=delays.append,
+    )
+    frames = stream.frames()
+    assert (await _take(frames, 2))[1] == PING  # subscribed, idle
+    read_at = time.monotonic() - 0.5
+    for i in range(20):
+        fan.publish(i, row(i), read_at)
+    [live] = await _take(frames, 1)
+    assert len(_split([live])) == 20
+    assert delays == [], "not written yet: the server has not asked for the next chunk"
+    assert await _take(frames, 1) == [PING]
+    assert len(delays) == 2
+    assert all(0.5 <= d < 5 for d in delays), delays
+    stream.close()
+
+
+async def test_resets_and_resumes_are_told_with_their_reason() -> None:
+    """A garbage position is a reset (unknown position); shutting down is a resume."""
+    fan = _fanout(3)
+    notices: list[tuple[str, str]] = []
+    stream = FeedStream(
+        fan,
+        _no_replay,
+        _history(3),
+        last_event_id="garbage",
+        limit=0,
+        heartbeat_s=0.05,
+        on_notice=lambda kind, reason: notices.append((kind, reason)),
+    )
+    frames = stream.frames()
+    assert (await _take(frames, 3))[2] == PING  # the retry hint, the reset, live and idle
+    fan.close()
+    with anyio.fail_after(5):
+        rest = [chunk async for chunk in frames]
+    assert b"event: resume" in b"".join(rest)
+    assert [kind for kind, _ in notices] == ["reset", "resume"]
+    assert "unknown position" in notices[0][1]
