@@ -16,8 +16,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from local_stack import Stack
-
 from bench.feedstream import Clients
 from bench.poll import wait_settled
 from bench.poster import Poster
@@ -25,6 +23,7 @@ from bench.proc import raise_fd_limit
 from bench.report import loadavg, machine, say
 from bench.result import FaultRun, Faults
 from bench.stack import Stacks, restart, stored_count, stored_ids
+from devstack import Stack
 
 
 def _kill_writer(stack: Stack) -> None:

@@ -1,7 +1,6 @@
 """The servers a scenario runs against: a fresh native stack, a baseline app, their metrics.
 
-The stack is `scripts/local_stack.py`'s `Stack` (on the path through `scripts/bench` and
-pytest's `pythonpath`), started in a scratch directory of its own and removed after.
+The stack is `devstack.Stack`, started in a scratch directory of its own and removed after.
 """
 
 from __future__ import annotations
@@ -16,9 +15,9 @@ from pathlib import Path
 
 import httpx
 import psycopg
-from local_stack import Service, Stack, StackError, free_port, scratch_dir
 
 from bench.report import say
+from devstack import Service, Stack, StackError, free_port, scratch_dir
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,8 @@ import msgspec
 import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from local_stack import Service, Stack, free_port
+
+from devstack import Service, Stack, free_port
 
 T = TypeVar("T")
 

@@ -20,9 +20,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
-from local_stack import REPO, KafkaBroker, Postgres, Service
 from psycopg_pool import AsyncConnectionPool
 
+from devstack import STANDIN, KafkaBroker, Postgres, Service
 from feedsvc.relay.changefeed import Delete, Gap, Resolved, Row, decode_record, hlc_value
 from feedsvc.relay.fanout import Fanout
 from feedsvc.store import MessageStore
@@ -30,7 +30,6 @@ from tests.support import native_only
 
 pytestmark = [pytest.mark.stack, native_only]
 
-STANDIN = REPO / "scripts" / "changefeed_standin.py"
 HLC = re.compile(r"^[0-9]{19}\.[0-9]{10}$")
 # The lead's schema (feedsvc/schema.py) has the same columns; this module needs no setup.
 SCHEMA = """
@@ -65,7 +64,7 @@ class Feed:
         }
         self.service = Service(
             f"standin-{name}",
-            [sys.executable, str(STANDIN)],
+            [sys.executable, "-m", STANDIN],
             environ,
             root / "logs" / f"{name}.log",
         )

@@ -13,8 +13,8 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.records_to_delete import RecordsToDelete
 from aiokafka.errors import KafkaError
-from local_stack import KafkaBroker
 
+from devstack import KafkaBroker
 from feedsvc.config import load_settings
 from feedsvc.messages import FEED_RESTART_KEY, FeedRestart, encode_feed_restart
 from feedsvc.relay.fanout import Fanout, ReplayFrom, Reset, Subscription

@@ -454,7 +454,7 @@ async def main_async(options: Options) -> None:
 
 
 def main() -> int:
-    """`python scripts/changefeed_standin.py`."""
+    """`python -m devstack.standin`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     asyncio.run(main_async(Options.from_env(os.environ)))
     return 0

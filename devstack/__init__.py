@@ -1,7 +1,7 @@
 """The native stack for development, tests and benchmarks: PostgreSQL, Kafka, feedsvc processes.
 
-Importable by tests (pytest puts `scripts/` on the path) and run by `scripts/local-stack`
-as `python scripts/local_stack.py up|down|status [--root DIR]`. `ExternalStack` is the
+Imported by tests and benchmarks as a package and run by `scripts/local-stack` as
+`python -m devstack up|down|status [--root DIR]`. `ExternalStack` is the
 same thing without the servers: only the feedsvc processes, against a database and
 Kafka that run elsewhere (the test container of `scripts/test-in-docker`).
 
@@ -41,7 +41,8 @@ KAFKA_VERSION = "4.1.1"
 KAFKA_LIBS = REPO / ".tools" / f"kafka-{KAFKA_VERSION}" / "libs"
 KAFKA_LOG4J2 = REPO / "kafka" / "native" / "log4j2.properties"
 DEFAULT_ROOT = REPO / ".local-stack"
-STANDIN = REPO / "scripts" / "changefeed_standin.py"
+STANDIN = "devstack.standin"
+"""The changefeed stand-in's module, run as `python -m devstack.standin` from the repository."""
 
 
 class StackError(RuntimeError):
@@ -269,7 +270,7 @@ class Postgres:
                 raise StackError(
                     f"user {owner.pw_name} cannot reach {self.root}: PostgreSQL "
                     "runs as that user; use a directory it can traverse "
-                    "(local_stack.scratch_dir())"
+                    "(devstack.scratch_dir())"
                 )
         if not (self.data / "PG_VERSION").exists():
             # --no-sync: a test cluster that a machine crash loses is simply made again.
@@ -290,7 +291,7 @@ class Postgres:
             with (self.data / "postgresql.conf").open("a") as conf:
                 conf.write("include = 'feedsvc.conf'\n")
         (self.data / "feedsvc.conf").write_text(
-            "# Written by scripts/local_stack.py on every start.\n"
+            "# Written by devstack on every start.\n"
             "listen_addresses = '127.0.0.1'\n"
             "unix_socket_directories = ''  # TCP only: /run/postgresql may not exist\n"
             "max_connections = 200  # several processes' pools plus tests\n"
@@ -491,7 +492,7 @@ class KafkaBroker:
         # Keys: https://kafka.apache.org/41/configuration/broker-configs
         return "\n".join(
             [
-                "# Written by scripts/local_stack.py on every start.",
+                "# Written by devstack on every start.",
                 "process.roles=broker,controller",
                 "node.id=1",
                 # A static voter set: StorageTool needs no --standalone, restarts need nothing.
@@ -737,7 +738,7 @@ class Stack:
         svc = self._services.get(role)
         if svc is None or (svc.returncode is not None or svc.pid is None):
             if role == "changefeed":
-                argv = [sys.executable, str(STANDIN)]
+                argv = [sys.executable, "-m", STANDIN]
             else:
                 argv = [sys.executable, "-m", "feedsvc", role]
             svc = Service(
@@ -833,9 +834,6 @@ class Stack:
         """Start each role's process that is not running; the api last, waited for."""
         started = 0.0  # when the last process was started here
         for role in self.roles:
-            if role == "changefeed" and not STANDIN.exists():
-                self._log("changefeed: skipped (scripts/changefeed_standin.py not there yet)")
-                continue
             svc = self.service(role)
             if svc.running:
                 self._log(f"{role}: already running (pid {svc.pid})")
@@ -879,8 +877,7 @@ class Stack:
         """Which pieces run."""
         result = {"postgres": self.postgres.running, "kafka": self.kafka.running}
         for role in self.roles:
-            if role != "changefeed" or STANDIN.exists():
-                result[role] = self.service(role).running
+            result[role] = self.service(role).running
         return result
 
     def _step(self, name: str, start: Callable[[], None]) -> None:
@@ -955,7 +952,7 @@ class ExternalStack(Stack):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`local_stack.py up|down|status [--root DIR]`."""
+    """`python -m devstack up|down|status [--root DIR]`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument(
@@ -979,7 +976,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"local-stack {args.command} failed: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
