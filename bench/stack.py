@@ -105,7 +105,7 @@ def baseline_server(module: str, workdir: Path, *args: str) -> Iterator[tuple[Se
     server = Service(
         "baseline",
         [sys.executable, "-m", f"bench.{module}", str(port), *args],
-        {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "scripts")])},
+        {**os.environ, "PYTHONPATH": str(REPO)},
         workdir / f"{module}.log",
     )
     server.start()

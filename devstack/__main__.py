@@ -2,6 +2,6 @@
 
 import sys
 
-from devstack import main
+from devstack.cli import main
 
 sys.exit(main())
