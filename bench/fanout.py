@@ -21,7 +21,6 @@ from typing import Any
 import httpx
 
 from bench.feedstream import Clients
-from bench.poll import wait_settled, wait_until
 from bench.poster import TEXT, post_paced
 from bench.proc import cpu_seconds, raise_fd_limit
 from bench.report import loadavg, machine, say
@@ -29,6 +28,7 @@ from bench.result import Fanout, FanoutRun
 from bench.stack import Stacks, baseline_server, metrics, pid_of
 from bench.stats import Trial, ms, percentile, ratio, search_rate
 from devstack import Stack
+from devstack.poll import wait_settled, wait_until
 
 BOUND_S = 0.200
 """Delivery p99 bound of the search (issue 12)."""

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from shutil import rmtree
 
-from bench.poll import wait_settled
 from bench.poster import Poster
 from bench.proc import raise_fd_limit
 from bench.report import loadavg, machine, say
@@ -23,6 +22,7 @@ from bench.result import Overload
 from bench.stack import Stacks, metrics, stored_count, stored_ids
 from bench.stats import ms, percentile
 from bench.wrk import Load
+from devstack.poll import wait_settled
 
 BACKLOG_LIMIT = 20_000
 """FEED_MAX_BACKLOG for this scenario: low enough that a writer falling behind reaches it

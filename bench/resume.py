@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.feedstream import Clients
-from bench.poll import Timeout, wait_settled, wait_until
 from bench.poster import Poster, post_paced
 from bench.proc import raise_fd_limit
 from bench.report import loadavg, machine, say
 from bench.result import Resume
 from bench.stack import Stacks, metrics, stored_count
 from bench.wrk import Load
+from devstack.poll import Timeout, wait_settled, wait_until
 
 CONSUMER_GAUGE = re.compile(r"^feedsvc_feed_replays(\{.*)?$")
 """The api's gauge of replays reading Kafka behind the ring, one consumer each
@@ -111,8 +111,13 @@ def run(opts: Options, stacks: Stacks | None = None) -> Resume:
             failed = clients.reopen()
             catch_up: float | None
             try:
+                # An even 0.2 s pace: the catch-up time has that resolution.
                 wait_until(
-                    lambda: clients.min_seen() >= target, opts.catch_up_limit_s, "the catch-up"
+                    lambda: clients.min_seen() >= target,
+                    opts.catch_up_limit_s,
+                    "the catch-up",
+                    interval=0.2,
+                    max_interval=0.2,
                 )
                 catch_up = time.monotonic() - began
             except Timeout as exc:

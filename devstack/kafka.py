@@ -13,10 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from devstack.poll import Timeout, wait_until
 from devstack.procs import (
     REPO,
     StackError,
-    _poll,
     free_port,
     log_tail,
     pid_alive,
@@ -87,12 +87,20 @@ class KafkaBroker:
                 )
             self._pidfile.write_text(str(self._proc.pid))
         deadline = time.monotonic() + timeout
-        if not _poll(lambda: port_open(self.port) or not self.running, timeout) or not self.running:
-            raise StackError(f"Kafka did not listen on {self.port}:\n{self.log_tail()}")
-        while not self._serves_metadata():
-            if not self.running or time.monotonic() >= deadline:
-                raise StackError(f"Kafka did not serve metadata:\n{self.log_tail()}")
-            time.sleep(0.2)
+        try:
+            listening = f"Kafka to listen on {self.port}"
+            wait_until(lambda: not self.running or port_open(self.port), timeout, listening)
+            wait_until(
+                lambda: not self.running or self._serves_metadata(),
+                max(0.0, deadline - time.monotonic()),
+                "Kafka to serve metadata",
+                interval=0.2,
+                max_interval=0.2,
+            )
+        except Timeout as exc:
+            raise StackError(f"{exc}:\n{self.log_tail()}") from None
+        if not self.running:
+            raise StackError(f"Kafka exited during start-up:\n{self.log_tail()}")
 
     def stop(self, timeout: float = 60.0) -> None:
         """SIGTERM (a controlled shutdown that flushes the logs), SIGKILL after `timeout`."""

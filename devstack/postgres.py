@@ -12,7 +12,8 @@ from pathlib import Path
 
 import psycopg
 
-from devstack.procs import StackError, _poll, log_tail, pid_alive, signal_pid
+from devstack.poll import Timeout, wait_until
+from devstack.procs import StackError, log_tail, pid_alive, signal_pid
 
 
 class Postgres:
@@ -65,10 +66,10 @@ class Postgres:
                     f"-p {self.port}",
                 ]
             )
-        if not _poll(self._accepts, timeout):
-            raise StackError(
-                f"PostgreSQL did not accept connections in {timeout:.0f}s:\n" + log_tail(self.log)
-            )
+        try:
+            wait_until(self._accepts, timeout, "PostgreSQL to accept connections")
+        except Timeout as exc:
+            raise StackError(f"{exc}:\n{log_tail(self.log)}") from None
 
     def stop(self, timeout: float = 60.0) -> None:
         """Fast shutdown: disconnect clients, checkpoint, exit; waits for the exit."""
@@ -94,8 +95,10 @@ class Postgres:
             return
         # pg_ctl puts the postmaster in a session of its own, so its pid is the group.
         signal_pid(pid, signal.SIGKILL, group=True)
-        if not _poll(lambda: not pid_alive(pid, "postgres"), 10.0):
-            raise StackError(f"postmaster {pid} survived SIGKILL")
+        try:
+            wait_until(lambda: not pid_alive(pid, "postgres"), 10.0, f"postmaster {pid} to die")
+        except Timeout as exc:
+            raise StackError(f"the postmaster survived SIGKILL: {exc}") from None
         self._stale_lock_cleanup()
 
     def create_database(self, name: str) -> None:

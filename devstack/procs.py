@@ -13,11 +13,12 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
+
+from devstack.poll import Timeout, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 """The repository: the working directory of every process started here."""
@@ -66,7 +67,8 @@ def stop_pid(pid: int, marker: str, timeout: float, *, group: bool = True) -> No
         if not pid_alive(pid, marker):
             return
         signal_pid(pid, sig, group=group)
-        if _poll(lambda: not pid_alive(pid, marker), wait):
+        with contextlib.suppress(Timeout):
+            wait_until(lambda: not pid_alive(pid, marker), wait, f"pid {pid} to exit")
             return
     raise StackError(f"pid {pid} ({marker}) survived SIGKILL")
 
@@ -93,18 +95,6 @@ def signal_pid(pid: int, sig: int, *, group: bool) -> None:
         pass
     except PermissionError:
         os.kill(pid, sig)
-
-
-def _poll(check: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    """Call `check` until it is true or `timeout` seconds pass; backs off to 0.5 s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if check():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-        interval = min(interval * 1.5, 0.5)
 
 
 def port_open(port: int) -> bool:
@@ -206,7 +196,11 @@ class Service:
             last = f"HTTP {status}"
             return status == 200
 
-        if not _poll(ok, timeout) or not self.running:
+        try:
+            ready = wait_until(ok, timeout, f"{url} to answer 200") and self.running
+        except Timeout:
+            ready = False
+        if not ready:
             state = "exited" if not self.running else f"last: {last}"
             raise StackError(
                 f"{self.name}: {url} not ready in {timeout:.0f}s ({state}, "

@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import sys
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ from aiokafka.structs import ConsumerRecord
 from psycopg_pool import AsyncConnectionPool
 
 from devstack import STANDIN, KafkaBroker, Postgres, Service
+from devstack.poll import Timeout, wait_for, wait_until
 from feedsvc.relay.changefeed import Delete, Gap, Resolved, Row, decode_record, hlc_value
 from feedsvc.relay.fanout import Fanout
 from feedsvc.store import MessageStore
@@ -72,14 +72,14 @@ class Feed:
     def start(self) -> None:
         """Start the stand-in; returns once its trigger captures rows."""
         self.service.start()
-        deadline = time.monotonic() + 30
         with psycopg.connect(self.url, autocommit=True) as conn:
-            while not conn.execute(
-                "SELECT 1 FROM pg_trigger WHERE tgname = 'changefeed_capture'"
-            ).fetchone():
+
+            def installed() -> bool:
                 assert self.service.running, self.service.log_tail()
-                assert time.monotonic() < deadline, "the stand-in installed no trigger"
-                time.sleep(0.05)
+                found = "SELECT 1 FROM pg_trigger WHERE tgname = 'changefeed_capture'"
+                return conn.execute(found).fetchone() is not None
+
+            wait_until(installed, 30, "the stand-in to install its trigger")
 
     def stop(self) -> None:
         assert self.service.terminate(15.0) == 0, self.service.log_tail()
@@ -88,7 +88,7 @@ class Feed:
         """All records of the topic from the start, once `until` holds of them."""
         try:
             return anyio.run(_read, self.kafka.bootstrap, self.topic, until, within)
-        except AssertionError as exc:
+        except Timeout as exc:
             raise AssertionError(f"{exc}; stand-in log:\n{self.service.log_tail()}") from None
 
 
@@ -119,13 +119,14 @@ async def _read(
         consumer.assign([tp])
         await consumer.seek_to_beginning(tp)
         records: Records = []
-        deadline = time.monotonic() + within
-        while not until(records):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out with {len(records)} records")
+
+        async def more() -> Records:
             batch = await consumer.getmany(tp, timeout_ms=200)
             records.extend(batch.get(tp, []))
-        return records
+            return records
+
+        # getmany itself waits up to 200 ms for records: no pause between reads.
+        return await wait_for(more, until, within, f"the records of {topic}", interval=0)
     finally:
         await consumer.stop()
 
