@@ -48,6 +48,7 @@ SIGUSR1 re-sends the last STANDIN_DUPLICATE_BURST rows; SIGTERM/SIGINT stop it c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -57,7 +58,7 @@ import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -67,6 +68,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from feedsvc.config import load_settings
+from feedsvc.kafka import start_with_retry
 from feedsvc.schema import CHANGEFEED_CLOCK_LOCK
 
 TOPIC = "messages.committed"
@@ -423,22 +425,46 @@ async def _sleep_unless(stopping: asyncio.Event, seconds: float) -> bool:
 
 
 async def start_producer(bootstrap: str, stopping: asyncio.Event) -> AIOKafkaProducer | None:
-    """An idempotent acks=all producer; start() fails at once while Kafka is down: retry."""
-    delay = 0.2
+    """An idempotent acks=all producer, started once Kafka answers; None if `stopping` is
+    set first.
+
+    Note: aiokafka's start() fails at once while Kafka is down; feedsvc's own
+    `start_with_retry` waits for the broker, for a bounded number of attempts. Like a
+    changefeed, the stand-in outlives any outage: when those run out it starts over.
+    """
     while not stopping.is_set():
         producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
         )
         try:
-            await producer.start()
-            return producer
+            if await _unless_stopping(start_with_retry(producer.start, "standin"), stopping):
+                return producer
         except KafkaError as exc:
-            await producer.stop()
-            log.warning("kafka not reachable (%s); retrying in %.1fs", exc, delay)
-            if await _sleep_unless(stopping, delay):
-                return None
-            delay = min(delay * 2, 5.0)
+            log.warning("kafka not reachable (%s); starting over", exc)
+        await producer.stop()
+        if await _sleep_unless(stopping, 1.0):
+            return None
     return None
+
+
+async def _unless_stopping(work: Coroutine[Any, Any, None], stopping: asyncio.Event) -> bool:
+    """Run `work` to its end (True; its error is raised) unless `stopping` is set first
+    (False; `work` is cancelled), so SIGTERM during a Kafka outage stops the stand-in at once.
+    """
+    task = asyncio.ensure_future(work)
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        return False
+    task.result()
+    return True
 
 
 async def main_async(options: Options) -> None:

@@ -482,3 +482,30 @@ def _resolved_above(records: Records, value: int) -> bool:
         isinstance(event, Resolved) and hlc_value(event.hlc) >= value
         for _, event in _decoded(records)
     )
+
+
+@pytest.mark.slow
+def test_waits_for_kafka_and_stops_during_an_outage(
+    root: Path, postgres: Postgres, kafka: KafkaBroker
+) -> None:
+    """Started while Kafka is down, the stand-in stops at once on SIGTERM, and delivers
+    every row committed meanwhile once the broker is back."""
+    feed = Feed(root, postgres, kafka)
+    kafka.stop()
+    try:
+        feed.start()  # the trigger needs only the database
+        wait_until(
+            lambda: "kafka not reachable" in feed.service.log_tail(),
+            60,
+            "the stand-in to wait for Kafka",
+        )
+        assert feed.service.terminate(10.0) == 0, feed.service.log_tail()
+        feed.start()
+        rows = [_message(60 + n) for n in range(5)]
+        _insert(feed.url, rows)
+    finally:
+        kafka.start()
+    try:
+        feed.read(_has_all({row[0] for row in rows}), within=120)
+    finally:
+        feed.stop()
