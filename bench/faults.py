@@ -21,19 +21,19 @@ from bench.poster import Poster
 from bench.proc import raise_fd_limit
 from bench.report import loadavg, machine, say
 from bench.result import FaultRun, Faults
-from bench.stack import Stacks, restart, stored_count, stored_ids
+from bench.stack import Stacks, stored_count, stored_ids
 from devstack import Stack
 from devstack.poll import Timeout, wait_settled, wait_until
 
 
 def _kill_writer(stack: Stack) -> None:
     stack.service("writer").kill()
-    restart(stack, "writer")
+    stack.start_role("writer", 90.0)
 
 
 def _kill_api(stack: Stack) -> None:
     stack.service("api").kill()
-    restart(stack, "api")
+    stack.start_role("api", 90.0)
 
 
 def _restart_kafka(stack: Stack) -> None:

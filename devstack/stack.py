@@ -192,12 +192,8 @@ class Stack:
             if svc.running:
                 self._log(f"{role}: already running (pid {svc.pid})")
                 continue
-            svc.start()
             started = time.monotonic()
-            self.state["pids"][role] = svc.pid
-            self._save_state()
-            if role == "api":
-                svc.wait_http_ok(f"{self.api_url}/health/ready", 60.0)
+            self.start_role(role)
             self._log(f"{role}: started (pid {svc.pid})")
         if started:
             # A process that dies on its first round (bad config, a bug) would otherwise
@@ -207,6 +203,19 @@ class Stack:
             svc = self.service(role)
             if role in self.state["pids"] and not svc.running:
                 raise StackError(f"{role} exited during start-up:\n{svc.log_tail()}")
+
+    def start_role(self, role: str, ready_within: float = 60.0) -> Service:
+        """Start `role`'s process and record its pid; for the api, return once it is ready.
+
+        Note: also how a drill or a benchmark brings back a process it killed.
+        """
+        svc = self.service(role)
+        svc.start()
+        self.state["pids"][role] = svc.pid
+        self._save_state()
+        if role == "api":
+            svc.wait_http_ok(f"{self.api_url}/health/ready", ready_within)
+        return svc
 
     def _down(self) -> None:
         self._stop_roles(ROLES)  # all, whoever started them
