@@ -3,7 +3,8 @@
 Imported by the tests and the benchmarks as a package, run by `scripts/local-stack` as
 `python -m devstack up|down|status [--root DIR]`. One module per piece: `procs` (child
 processes, their pids and logs), `postgres` and `kafka` (the two servers), `stack` (all
-of it under one root), `cli`, and `standin` (the changefeed stand-in process).
+of it under one root), `cli`, `poll` (bounded waits), and `standin` (the changefeed
+stand-in process) with its `outbox` (SQL) and `envelope` (the records' bytes).
 """
 
 from devstack.cli import main
