@@ -32,15 +32,17 @@ RUN uv sync --frozen --no-dev --no-editable
 FROM builder AS test
 # The dev group (pytest, ...) and the suite; runs from /src so pyproject's pytest
 # settings (pythonpath, markers, filterwarnings) apply as they do natively, and the
-# feedsvc processes the tests start (scripts/local_stack.py) import /src/feedsvc.
+# feedsvc processes the tests start (devstack/) import /src/feedsvc.
 # The dependencies first, so editing a test does not reinstall them.
 RUN uv sync --frozen --no-editable
 COPY tests/ tests/
 COPY scripts/ scripts/
+# The dev stack the tests start their processes with; not in the wheel either.
+COPY devstack/ devstack/
 # The benchmarks' package: its unit tests run here; it is not in the wheel (pyproject).
 COPY bench/ bench/
 # Root, unlike the runtime: pytest writes its caches under /src, and the tests write
-# their process logs under /tmp (local_stack.scratch_dir).
+# their process logs under /tmp (devstack.scratch_dir).
 ENV PATH=/app/.venv/bin:$PATH \
     PYTHONUNBUFFERED=1
 CMD ["python", "-m", "pytest"]

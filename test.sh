@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite. With a reachable Docker engine it runs in containers against
 # the real CockroachDB cluster (scripts/test-in-docker); otherwise natively, against
-# PostgreSQL and a real Kafka broker started by the tests (scripts/local_stack.py).
+# PostgreSQL and a real Kafka broker started by the tests (the devstack package).
 # Arguments go to pytest: `./test.sh -m "not slow"` skips the outage drills,
 # `./test.sh -m slow` runs only them, `./test.sh tests/unit` only the unit tests.
 set -euo pipefail

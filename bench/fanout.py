@@ -19,16 +19,16 @@ from shutil import rmtree
 from typing import Any
 
 import httpx
-from local_stack import Stack
 
 from bench.feedstream import Clients
-from bench.poll import wait_settled, wait_until
 from bench.poster import TEXT, post_paced
 from bench.proc import cpu_seconds, raise_fd_limit
 from bench.report import loadavg, machine, say
 from bench.result import Fanout, FanoutRun
 from bench.stack import Stacks, baseline_server, metrics, pid_of
 from bench.stats import Trial, ms, percentile, ratio, search_rate
+from devstack import Stack
+from devstack.poll import wait_settled, wait_until
 
 BOUND_S = 0.200
 """Delivery p99 bound of the search (issue 12)."""

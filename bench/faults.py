@@ -16,25 +16,24 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from local_stack import Stack
-
 from bench.feedstream import Clients
-from bench.poll import wait_settled
 from bench.poster import Poster
 from bench.proc import raise_fd_limit
 from bench.report import loadavg, machine, say
 from bench.result import FaultRun, Faults
-from bench.stack import Stacks, restart, stored_count, stored_ids
+from bench.stack import Stacks, stored_count, stored_ids
+from devstack import Stack
+from devstack.poll import Timeout, wait_settled, wait_until
 
 
 def _kill_writer(stack: Stack) -> None:
     stack.service("writer").kill()
-    restart(stack, "writer")
+    stack.start_role("writer", 90.0)
 
 
 def _kill_api(stack: Stack) -> None:
     stack.service("api").kill()
-    restart(stack, "api")
+    stack.start_role("api", 90.0)
 
 
 def _restart_kafka(stack: Stack) -> None:
@@ -76,19 +75,23 @@ def _recovery(
     clients: Clients, poster: Poster, fault_at: float, over_at: float, n: int, limit: float
 ) -> float | None:
     """Seconds from `fault_at` until the first post sent after `over_at` was read by all `n`."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
+
+    def recovered() -> float | None:
         after = sorted(
             (a for a in list(poster.answers) if a.sent > over_at and a.id), key=lambda a: a.sent
         )
-        if after:
-            first = after[0]
-            assert first.id is not None
-            count, last = clients.reads([first.id])[first.id]
-            if count >= n:
-                return round(last - fault_at, 2)
-        time.sleep(0.5)
-    return None
+        if not after:
+            return None
+        first = after[0]
+        assert first.id is not None
+        count, last = clients.reads([first.id])[first.id]
+        # Never 0 (which would read as "not yet"): the read came after the fault ended.
+        return round(last - fault_at, 2) if count >= n else None
+
+    try:
+        return wait_until(recovered, limit, "the recovery", interval=0.5, max_interval=0.5)
+    except Timeout:
+        return None
 
 
 def run(opts: Options, stacks: Stacks | None = None) -> Faults:

@@ -17,13 +17,13 @@ import time
 from dataclasses import dataclass
 
 from bench.feedstream import Clients
-from bench.poll import Timeout, wait_until
 from bench.poster import post_paced
 from bench.proc import cpu_seconds, raise_fd_limit, rss_kb
 from bench.report import loadavg, machine, say
 from bench.result import Idle
 from bench.stack import Stacks, metrics, pid_of
 from bench.stats import ms, percentile
+from devstack.poll import Timeout, wait_until
 
 PORTS_PER_ADDRESS = 20_000
 """Connections per source address: below net.ipv4.ip_local_port_range's ~28,000 ports."""

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from shutil import rmtree
 
-from bench.poll import wait_settled
 from bench.proc import cpu_seconds
 from bench.report import loadavg, machine, say
 from bench.result import Ingest
 from bench.stack import Stacks, baseline_server, pid_of, stored_count, stored_ids
 from bench.stats import ratio
 from bench.wrk import Load
+from devstack.poll import wait_settled
 
 
 @dataclass(frozen=True)

@@ -10,19 +10,19 @@ latency figures do not tell a 429 from a 202. The writer's backlog is read from 
 from __future__ import annotations
 
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from shutil import rmtree
 
-from bench.poll import wait_settled
+from bench.gauge import BacklogWatch
 from bench.poster import Poster
 from bench.proc import raise_fd_limit
 from bench.report import loadavg, machine, say
 from bench.result import Overload
-from bench.stack import Stacks, metrics, stored_count, stored_ids
+from bench.stack import Stacks, stored_count, stored_ids
 from bench.stats import ms, percentile
 from bench.wrk import Load
+from devstack.poll import wait_settled
 
 BACKLOG_LIMIT = 20_000
 """FEED_MAX_BACKLOG for this scenario: low enough that a writer falling behind reaches it
@@ -49,35 +49,6 @@ class Options:
         if quick:
             return cls(seconds=20.0, probe_seconds=5.0, sustainable=sustainable)
         return cls(sustainable=sustainable)
-
-
-class BacklogWatch:
-    """Reads the writer backlog gauge every half second on a thread; keeps the maximum."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.max: int | None = None
-        self.reads = 0
-        self.failed = 0  # reads that got no gauge: /metrics slow (5 s) or the gauge hidden
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> BacklogWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.5):
-            value = metrics(self.url).get("feedsvc_writer_backlog")
-            self.reads += 1
-            if value is None:
-                self.failed += 1
-            else:
-                self.max = max(self.max or 0, int(value))
 
 
 def run(opts: Options, stacks: Stacks | None = None) -> Overload:

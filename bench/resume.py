@@ -11,25 +11,20 @@ duplicates: messages a client read twice. The api's Kafka consumers are read fro
 
 from __future__ import annotations
 
-import re
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.feedstream import Clients
-from bench.poll import Timeout, wait_settled, wait_until
+from bench.gauge import GaugeWatch, gauge
 from bench.poster import Poster, post_paced
 from bench.proc import raise_fd_limit
 from bench.report import loadavg, machine, say
 from bench.result import Resume
-from bench.stack import Stacks, metrics, stored_count
+from bench.stack import Stacks, stored_count
 from bench.wrk import Load
-
-CONSUMER_GAUGE = re.compile(r"^feedsvc_feed_replays(\{.*)?$")
-"""The api's gauge of replays reading Kafka behind the ring, one consumer each
-(`feedsvc_feed_replays`; not `_replays_max` or `_replays_refused_total`)."""
+from devstack.poll import Timeout, wait_settled, wait_until
 
 
 @dataclass(frozen=True)
@@ -47,36 +42,6 @@ class Options:
     def make(cls, quick: bool) -> Options:
         """The defaults (2,000 events behind when `quick`)."""
         return cls(behind=2000) if quick else cls()
-
-
-def consumers(url: str) -> int | None:
-    """The api's consumer gauge summed over labels, or None when it has none."""
-    found = [v for k, v in metrics(url).items() if CONSUMER_GAUGE.match(k)]
-    return int(sum(found)) if found else None
-
-
-class ConsumerWatch:
-    """Samples `consumers` on a thread; keeps the maximum (None if never exposed)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.max: int | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> ConsumerWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            value = consumers(self.url)
-            if value is not None:
-                self.max = max(self.max or 0, value)
 
 
 def run(opts: Options, stacks: Stacks | None = None) -> Resume:
@@ -104,15 +69,22 @@ def run(opts: Options, stacks: Stacks | None = None) -> Resume:
         wait_settled(lambda: stored_count(db), base + len(behind.ids), 10, 120)
         time.sleep(2.0)  # the changefeed's lag behind the database (resolved every 1 s)
         live = Poster(url, opts.live_rate, author="bench_live").background()
-        with ConsumerWatch(url) as watch:
+        # The replays reading Kafka behind the ring, one consumer each (`feedsvc_feed_replays`;
+        # not `_replays_max` or `_replays_refused_total`).
+        with GaugeWatch(url, gauge("feedsvc_feed_replays"), 0.1) as watch:
             target = len(warm.accepted) + len(behind.ids) + len(live.accepted)
             say(f"resume: reconnecting {opened} with Last-Event-ID; {target} to catch up")
             began = time.monotonic()
             failed = clients.reopen()
             catch_up: float | None
             try:
+                # An even 0.2 s pace: the catch-up time has that resolution.
                 wait_until(
-                    lambda: clients.min_seen() >= target, opts.catch_up_limit_s, "the catch-up"
+                    lambda: clients.min_seen() >= target,
+                    opts.catch_up_limit_s,
+                    "the catch-up",
+                    interval=0.2,
+                    max_interval=0.2,
                 )
                 catch_up = time.monotonic() - began
             except Timeout as exc:

@@ -1,7 +1,6 @@
 """The servers a scenario runs against: a fresh native stack, a baseline app, their metrics.
 
-The stack is `scripts/local_stack.py`'s `Stack` (on the path through `scripts/bench` and
-pytest's `pythonpath`), started in a scratch directory of its own and removed after.
+The stack is `devstack.Stack`, started in a scratch directory of its own and removed after.
 """
 
 from __future__ import annotations
@@ -11,14 +10,14 @@ import re
 import shutil
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
 import psycopg
-from local_stack import Service, Stack, StackError, free_port, scratch_dir
 
 from bench.report import say
+from devstack import Service, Stack, StackError, free_port, scratch_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,7 +60,7 @@ class Stacks:
         self.shared = shared_env is not None
         self._env = dict(shared_env or {})
         self._stack: Stack | None = None
-        self._root: Path | None = None
+        self._open = ExitStack()  # the shared stack's fresh_stack, left on `close`
 
     @contextmanager
     def get(
@@ -73,27 +72,21 @@ class Stacks:
                 yield stack
             return
         if self._stack is None:
-            self._root = scratch_dir("feedsvc-bench-stack-")
-            self._stack = Stack(self._root, self._env, roles=ALL_ROLES, log=say)
-            say(f"starting one stack for every scenario in {self._root}")
-            self._stack.up()
+            say("one stack for every scenario")
+            self._stack = self._open.enter_context(
+                fresh_stack(roles=ALL_ROLES, extra_env=self._env)
+            )
         else:
             if not all(self._stack.status().values()):
                 self._stack.up()  # restarts whatever a scenario left down
             # A fresh api for each scenario: memory and CPU figures start from its own.
             self._stack.service("api").terminate(30.0)
-            restart(self._stack, "api")
+            self._stack.start_role("api", 90.0)
         yield self._stack
 
     def close(self) -> None:
         """Stop and remove the shared stack, if one was started."""
-        if self._stack is not None:
-            try:
-                self._stack.down()
-            except StackError as exc:
-                say(f"stack down failed: {exc}")
-        if self._root is not None:
-            shutil.rmtree(self._root, ignore_errors=True)
+        self._open.close()
 
 
 @contextmanager
@@ -106,7 +99,7 @@ def baseline_server(module: str, workdir: Path, *args: str) -> Iterator[tuple[Se
     server = Service(
         "baseline",
         [sys.executable, "-m", f"bench.{module}", str(port), *args],
-        {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "scripts")])},
+        {**os.environ, "PYTHONPATH": str(REPO)},
         workdir / f"{module}.log",
     )
     server.start()
@@ -124,15 +117,6 @@ def pid_of(stack: Stack, role: str) -> int:
     if pid is None:
         raise StackError(f"{role} does not run")
     return pid
-
-
-def restart(stack: Stack, role: str) -> None:
-    """Start `role` again after it died; for the api, wait until it is ready."""
-    svc = stack.service(role)
-    svc.start()
-    stack.state["pids"][role] = svc.pid
-    if role == "api":
-        svc.wait_http_ok(f"{stack.api_url}/health/ready", 90.0)
 
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")

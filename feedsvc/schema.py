@@ -98,7 +98,7 @@ COCKROACH_SNAPSHOT = HistorySnapshot(
 
 POSTGRES_SNAPSHOT = HistorySnapshot(
     # The stand-in stamps `updated` at commit, holding this lock exclusively from the stamp
-    # until its commit is visible (scripts/changefeed_standin.py). While we hold it shared
+    # until its commit is visible (devstack/standin.py). While we hold it shared
     # no transaction that wrote `messages` can commit, so every statement after it (READ
     # COMMITTED: each takes its snapshot when it starts, i.e. after the lock) sees every
     # stamped row, and every later stamp is greater than `last`. (Not REPEATABLE READ: its

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import httpx
@@ -17,9 +16,9 @@ import msgspec
 import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from local_stack import Service, Stack, free_port
 
-T = TypeVar("T")
+from devstack import Service, Stack, free_port
+from devstack.poll import wait_for as wait_for  # the tests' bounded wait, re-exported
 
 BACKENDS = ("native", "cockroach")
 BACKEND = os.environ.get("FEEDSVC_TEST_BACKEND") or "native"
@@ -37,20 +36,6 @@ native_only = pytest.mark.skipif(
     "stand-in, or runs PostgreSQL-only SQL; the cockroach backend's are shared compose services",
 )
 """Marks a test (or, as `pytestmark`, a module) that needs the native stack's powers."""
-
-
-async def wait_for(
-    probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], within: float, what: str
-) -> T:
-    """Poll `probe` until `done(result)`; after `within` seconds fail naming `what`."""
-    deadline = time.monotonic() + within
-    while True:
-        result = await probe()
-        if done(result):
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}; last: {result!r}")
-        await anyio.sleep(0.1)
 
 
 async def stored_ids(stack: Stack, author: str) -> list[str]:

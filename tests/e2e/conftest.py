@@ -21,8 +21,8 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 
 import httpx
 import pytest
-from local_stack import ExternalStack, Stack, StackError, scratch_dir
 
+from devstack import ExternalStack, Stack, StackError, scratch_dir
 from tests.support import COCKROACH
 
 # Quicker reactions than production: tests wait on these, users do not.

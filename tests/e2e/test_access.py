@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 import httpx
-from local_stack import Stack
 
+from devstack import Stack
 from tests.support import SseReader, log_of, native_only, wait_for
 
 # The api's log file is the native stack's; the cockroach backend's api logs the same way.

@@ -16,7 +16,6 @@ import anyio
 import httpx
 import psycopg
 import pytest
-from local_stack import Stack
 from playwright.async_api import (
     Browser,
     BrowserContext,
@@ -26,6 +25,7 @@ from playwright.async_api import (
     async_playwright,
 )
 
+from devstack import Stack
 from tests.support import COCKROACH, extra_api, native_only, post_many, wait_for
 
 CHROMIUM = "/usr/bin/chromium"

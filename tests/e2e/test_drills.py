@@ -23,8 +23,8 @@ import anyio
 import httpx
 import psycopg
 import pytest
-from local_stack import Stack
 
+from devstack import Stack
 from tests.support import log_of, native_only, stored_ids, wait_for
 
 # Every drill stops or freezes a server, kills a process of a stack of its own, or

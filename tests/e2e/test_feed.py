@@ -17,8 +17,8 @@ import httpx
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
-from local_stack import Service, Stack, free_port
 
+from devstack import Service, Stack, free_port
 from tests.support import (
     SseEvent,
     SseReader,

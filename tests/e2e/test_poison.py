@@ -21,8 +21,8 @@ import httpx
 import msgspec
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from local_stack import Stack
 
+from devstack import Stack
 from feedsvc.kafka import DLQ, SUBMITTED
 from feedsvc.messages import DeadLetter
 from tests.support import log_of, post_many, stored_ids, wait_for

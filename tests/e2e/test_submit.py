@@ -18,8 +18,8 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
-from local_stack import Stack
 
+from devstack import Stack
 from feedsvc.config import Settings
 from feedsvc.kafka import SUBMITTED
 from tests.support import end_offsets, extra_api, native_only, stored_ids, wait_for

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from local_stack import KafkaBroker, Postgres, free_port, scratch_dir
+
+from devstack import KafkaBroker, Postgres, free_port, scratch_dir
 
 
 @pytest.fixture(scope="module")

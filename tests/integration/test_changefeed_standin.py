@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import sys
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -20,9 +19,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
-from local_stack import REPO, KafkaBroker, Postgres, Service
 from psycopg_pool import AsyncConnectionPool
 
+from devstack import STANDIN, KafkaBroker, Postgres, Service
+from devstack.poll import Timeout, wait_for, wait_until
 from feedsvc.relay.changefeed import Delete, Gap, Resolved, Row, decode_record, hlc_value
 from feedsvc.relay.fanout import Fanout
 from feedsvc.store import MessageStore
@@ -30,7 +30,6 @@ from tests.support import native_only
 
 pytestmark = [pytest.mark.stack, native_only]
 
-STANDIN = REPO / "scripts" / "changefeed_standin.py"
 HLC = re.compile(r"^[0-9]{19}\.[0-9]{10}$")
 # The lead's schema (feedsvc/schema.py) has the same columns; this module needs no setup.
 SCHEMA = """
@@ -65,7 +64,7 @@ class Feed:
         }
         self.service = Service(
             f"standin-{name}",
-            [sys.executable, str(STANDIN)],
+            [sys.executable, "-m", STANDIN],
             environ,
             root / "logs" / f"{name}.log",
         )
@@ -73,14 +72,14 @@ class Feed:
     def start(self) -> None:
         """Start the stand-in; returns once its trigger captures rows."""
         self.service.start()
-        deadline = time.monotonic() + 30
         with psycopg.connect(self.url, autocommit=True) as conn:
-            while not conn.execute(
-                "SELECT 1 FROM pg_trigger WHERE tgname = 'changefeed_capture'"
-            ).fetchone():
+
+            def installed() -> bool:
                 assert self.service.running, self.service.log_tail()
-                assert time.monotonic() < deadline, "the stand-in installed no trigger"
-                time.sleep(0.05)
+                found = "SELECT 1 FROM pg_trigger WHERE tgname = 'changefeed_capture'"
+                return conn.execute(found).fetchone() is not None
+
+            wait_until(installed, 30, "the stand-in to install its trigger")
 
     def stop(self) -> None:
         assert self.service.terminate(15.0) == 0, self.service.log_tail()
@@ -89,7 +88,7 @@ class Feed:
         """All records of the topic from the start, once `until` holds of them."""
         try:
             return anyio.run(_read, self.kafka.bootstrap, self.topic, until, within)
-        except AssertionError as exc:
+        except Timeout as exc:
             raise AssertionError(f"{exc}; stand-in log:\n{self.service.log_tail()}") from None
 
 
@@ -120,13 +119,14 @@ async def _read(
         consumer.assign([tp])
         await consumer.seek_to_beginning(tp)
         records: Records = []
-        deadline = time.monotonic() + within
-        while not until(records):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out with {len(records)} records")
+
+        async def more() -> Records:
             batch = await consumer.getmany(tp, timeout_ms=200)
             records.extend(batch.get(tp, []))
-        return records
+            return records
+
+        # getmany itself waits up to 200 ms for records: no pause between reads.
+        return await wait_for(more, until, within, f"the records of {topic}", interval=0)
     finally:
         await consumer.stop()
 
@@ -482,3 +482,30 @@ def _resolved_above(records: Records, value: int) -> bool:
         isinstance(event, Resolved) and hlc_value(event.hlc) >= value
         for _, event in _decoded(records)
     )
+
+
+@pytest.mark.slow
+def test_waits_for_kafka_and_stops_during_an_outage(
+    root: Path, postgres: Postgres, kafka: KafkaBroker
+) -> None:
+    """Started while Kafka is down, the stand-in stops at once on SIGTERM, and delivers
+    every row committed meanwhile once the broker is back."""
+    feed = Feed(root, postgres, kafka)
+    kafka.stop()
+    try:
+        feed.start()  # the trigger needs only the database
+        wait_until(
+            lambda: "kafka not reachable" in feed.service.log_tail(),
+            60,
+            "the stand-in to wait for Kafka",
+        )
+        assert feed.service.terminate(10.0) == 0, feed.service.log_tail()
+        feed.start()
+        rows = [_message(60 + n) for n in range(5)]
+        _insert(feed.url, rows)
+    finally:
+        kafka.start()
+    try:
+        feed.read(_has_all({row[0] for row in rows}), within=120)
+    finally:
+        feed.stop()

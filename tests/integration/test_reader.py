@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
@@ -13,8 +13,9 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.records_to_delete import RecordsToDelete
 from aiokafka.errors import KafkaError
-from local_stack import KafkaBroker
 
+from devstack import KafkaBroker
+from devstack.poll import wait_for
 from feedsvc.config import load_settings
 from feedsvc.messages import FEED_RESTART_KEY, FeedRestart, encode_feed_restart
 from feedsvc.relay.fanout import Fanout, ReplayFrom, Reset, Subscription
@@ -71,27 +72,25 @@ async def _admin(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
 
 
 async def _create(bootstrap: str, topic: str) -> None:
-    deadline = anyio.current_time() + 30
     async with _admin(bootstrap) as admin:
-        while True:
+
+        async def created() -> bool:
             try:
                 await admin.create_topics([NewTopic(topic, 1, 1)])
-                return
             except KafkaError:  # the deletion of its previous incarnation is still going on
-                if anyio.current_time() > deadline:
-                    raise
-                await anyio.sleep(0.5)
+                return False
+            return True
+
+        await wait_for(created, bool, 30, f"topic {topic} created", interval=0.5)
 
 
-async def _until(check: Callable[[], bool | Awaitable[bool]], within: float, what: str) -> None:
-    with anyio.fail_after(within):
-        while True:
-            result = check()
-            if not isinstance(result, bool):
-                result = await result
-            if result:
-                return
-            await anyio.sleep(0.05)
+async def _until(check: Callable[[], bool], within: float, what: str) -> None:
+    """`wait_for` of a plain condition on objects this event loop updates."""
+
+    async def probe() -> bool:
+        return check()
+
+    await wait_for(probe, bool, within, what, interval=0.05)
 
 
 def _reader(kafka: KafkaBroker, topic: str) -> CommittedReader:

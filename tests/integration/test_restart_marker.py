@@ -11,8 +11,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from local_stack import KafkaBroker
 
+from devstack import KafkaBroker
 from feedsvc import kafka as feed_kafka
 from feedsvc import roles
 from feedsvc.config import load_settings

@@ -6,8 +6,8 @@ import uuid
 
 import psycopg
 import pytest
-from local_stack import Postgres
 
+from devstack import Postgres
 from feedsvc import schema
 from tests.support import native_only
 

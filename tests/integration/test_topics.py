@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
-from local_stack import KafkaBroker
 
+from devstack import KafkaBroker
 from feedsvc.config import Settings, load_settings
 from feedsvc.kafka import (
     COMMITTED,

@@ -10,8 +10,8 @@ import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import RecordsToDelete
-from local_stack import KafkaBroker, Postgres
 
+from devstack import KafkaBroker, Postgres
 from feedsvc import schema
 from feedsvc.config import load_settings
 from feedsvc.ingest.deadletters import DEAD_LETTERS_TOTAL, DeadLetters

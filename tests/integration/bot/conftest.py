@@ -17,6 +17,7 @@ import pytest
 from anyio.abc import Process, SocketAttribute, SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from devstack.poll import wait_for
 from feedsvc.messages import MAX_BODY_BYTES, InvalidSubmission, decode_submission
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -140,15 +141,18 @@ class BotProcess:
         text = self.log_path.read_text()
         return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
-    async def wait_for_log(self, msg: str, within: float = 10) -> dict[str, Any]:
-        """The first log line with this message; fails after `within` seconds."""
-        with anyio.fail_after(within):
-            while True:
-                if found := [line for line in self.logs() if line["msg"] == msg]:
-                    return found[0]
-                if self.process.returncode is not None:
-                    raise AssertionError(f"bot exited: {self.log_path.read_text()}")
-                await anyio.sleep(0.05)
+    async def wait_for_log(self, msg: str, within: float = 30) -> dict[str, Any]:
+        """The first log line with this message; fails after `within` seconds (a Python start
+        on a loaded 2-core machine alone can take ten)."""
+
+        async def lines() -> list[dict[str, Any]]:
+            found = [line for line in self.logs() if line["msg"] == msg]
+            if not found and self.process.returncode is not None:
+                raise AssertionError(f"bot exited: {self.log_path.read_text()}")
+            return found
+
+        found = await wait_for(lines, bool, within, f"the log line {msg!r}", interval=0.05)
+        return found[0]
 
     async def control_url(self) -> str:
         """Where the bot's control endpoint listens (the bot is started with port 0)."""

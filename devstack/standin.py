@@ -29,6 +29,9 @@ greater than V. The history read of `GET /feed` uses this for its exact snapshot
 first advances the clock itself under the exclusive lock (R), then reads the outbox, in
 which every row stamped at or before R is now visible; once they are all sent, R is.
 
+The records' bytes are `devstack.envelope`'s; the trigger, the clock and the outbox's SQL
+are `devstack.outbox`'s; this module is the process that moves rows between them.
+
 SIGUSR1 simulates a changefeed restart: the last STANDIN_DUPLICATE_BURST rows sent (any
 number, e.g. 50,000) are sent again before anything else, and no resolved record is sent
 until they are; the next resolved is above every earlier one, as a restarted job resumes
@@ -48,123 +51,32 @@ SIGUSR1 re-sends the last STANDIN_DUPLICATE_BURST rows; SIGTERM/SIGINT stop it c
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
 import os
 import random
 import signal
 import sys
 import time
-import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import psycopg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from devstack.envelope import delete_value, record_key, resolved_value, row_value
+from devstack.outbox import CHANNEL, READ_OUTBOX, install, tick
 from feedsvc.config import load_settings
-from feedsvc.schema import CHANGEFEED_CLOCK_LOCK
+from feedsvc.kafka import start_with_retry
 
 TOPIC = "messages.committed"
-CHANNEL = "changefeed_outbox"
 BATCH = 1000
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 log = logging.getLogger("changefeed-standin")
-
-# Idempotent: safe to run from several stand-ins at once under the advisory lock.
-INSTALL = [
-    """
-    CREATE TABLE IF NOT EXISTS changefeed_outbox (
-        seq         bigserial PRIMARY KEY,
-        id          uuid NOT NULL,
-        op          char(1) NOT NULL,          -- 'u' insert or update, 'd' delete
-        author      text,
-        text        text,
-        created_at  timestamptz,
-        at          timestamptz,               -- the commit stamp, set at commit
-        xid         bigint NOT NULL DEFAULT txid_current()
-    )
-    """,
-    # An outbox made by an older stand-in stamped at insert time.
-    "ALTER TABLE changefeed_outbox ALTER COLUMN at DROP NOT NULL, ALTER COLUMN at DROP DEFAULT",
-    "ALTER TABLE changefeed_outbox ADD COLUMN IF NOT EXISTS xid bigint NOT NULL"
-    " DEFAULT txid_current()",
-    "CREATE INDEX IF NOT EXISTS changefeed_outbox_xid ON changefeed_outbox (xid)",
-    # Also in feedsvc/schema.py (the api reads it); here too so the stand-in runs alone.
-    """
-    CREATE TABLE IF NOT EXISTS changefeed_clock (
-        one   boolean PRIMARY KEY DEFAULT true CHECK (one),
-        last  timestamptz NOT NULL
-    )
-    """,
-    "INSERT INTO changefeed_clock (last) VALUES (clock_timestamp()) ON CONFLICT DO NOTHING",
-    """
-    CREATE OR REPLACE FUNCTION changefeed_capture() RETURNS trigger
-    LANGUAGE plpgsql AS $$
-    BEGIN
-        IF TG_OP = 'DELETE' THEN
-            INSERT INTO changefeed_outbox (id, op) VALUES (OLD.id, 'd');
-        ELSE
-            INSERT INTO changefeed_outbox (id, op, author, text, created_at)
-            VALUES (NEW.id, 'u', NEW.author, NEW.text, NEW.created_at);
-        END IF;
-        -- Delivered at commit, once per transaction: wakes the stand-in at once.
-        PERFORM pg_notify('changefeed_outbox', '');
-        RETURN NULL;
-    END
-    $$
-    """,
-    """
-    CREATE OR REPLACE TRIGGER changefeed_capture
-    AFTER INSERT OR UPDATE OR DELETE ON messages
-    FOR EACH ROW EXECUTE FUNCTION changefeed_capture()
-    """,
-    # Runs at commit (deferred), once per transaction: the lock is held until the commit
-    # is visible (transaction-level advisory locks are released at its end).
-    f"""
-    CREATE OR REPLACE FUNCTION changefeed_stamp() RETURNS trigger
-    LANGUAGE plpgsql AS $$
-    DECLARE
-        stamp timestamptz;
-    BEGIN
-        IF current_setting('changefeed.stamped', true) = txid_current()::text THEN
-            RETURN NULL;
-        END IF;
-        PERFORM pg_advisory_xact_lock({CHANGEFEED_CLOCK_LOCK});
-        UPDATE changefeed_clock
-           SET last = greatest(clock_timestamp(), last + interval '1 microsecond')
-        RETURNING last INTO stamp;
-        UPDATE changefeed_outbox SET at = stamp WHERE xid = txid_current() AND at IS NULL;
-        PERFORM set_config('changefeed.stamped', txid_current()::text, true);
-        RETURN NULL;
-    END
-    $$
-    """,
-    # No CREATE OR REPLACE for constraint triggers.
-    "DROP TRIGGER IF EXISTS changefeed_stamp ON changefeed_outbox",
-    """
-    CREATE CONSTRAINT TRIGGER changefeed_stamp
-    AFTER INSERT ON changefeed_outbox DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW EXECUTE FUNCTION changefeed_stamp()
-    """,
-]
-
-# Advance the commit clock as a writer would; once this commits, every row stamped at or
-# before the value returned is committed and visible (see the module docstring).
-TICK = """
-    UPDATE changefeed_clock
-       SET last = greatest(clock_timestamp(), last + interval '1 microsecond')
-    RETURNING last
-"""
-READ_OUTBOX = """
-    SELECT seq, id, op, author, text, created_at, at
-      FROM changefeed_outbox ORDER BY at, seq LIMIT %s
-"""
 
 
 @dataclass(frozen=True)
@@ -201,51 +113,6 @@ class Options:
                         f"STANDIN_{name.upper()}={raw!r} is not a {kind.__name__}"
                     ) from None
         return cls(settings.database_url, settings.kafka_bootstrap, **values)
-
-
-def rfc3339nano(value: datetime) -> str:
-    """A TIMESTAMPTZ as CockroachDB's changefeed JSON renders it (Go RFC3339Nano, UTC).
-
-    Note: CockroachDB's tree.AsJSON formats TIMESTAMPTZ with time.RFC3339Nano, which
-    drops trailing zeros of the fraction (and the dot when it is zero) and writes Z.
-    """
-    value = value.astimezone(UTC)
-    fraction = f"{value.microsecond:06d}".rstrip("0")
-    return value.strftime("%Y-%m-%dT%H:%M:%S") + (f".{fraction}" if fraction else "") + "Z"
-
-
-def hlc(value: datetime) -> str:
-    """An HLC timestamp string: wall-clock nanoseconds, a dot, a 10-digit logical counter."""
-    micros = (value - _EPOCH) // timedelta(microseconds=1)
-    return f"{micros * 1000}.0000000000"
-
-
-def record_key(message_id: uuid.UUID) -> bytes:
-    """The changefeed key: the primary key columns as a JSON array."""
-    return json.dumps([str(message_id)]).encode()
-
-
-def row_value(
-    message_id: uuid.UUID, author: str, text: str, created_at: datetime, updated: datetime
-) -> bytes:
-    """The wrapped envelope of an insert or update."""
-    after = {
-        "author": author,
-        "created_at": rfc3339nano(created_at),
-        "id": str(message_id),
-        "text": text,
-    }
-    return json.dumps({"after": after, "updated": hlc(updated)}, sort_keys=True).encode()
-
-
-def delete_value(updated: datetime) -> bytes:
-    """The wrapped envelope of a delete."""
-    return json.dumps({"after": None, "updated": hlc(updated)}).encode()
-
-
-def resolved_value(resolved: datetime) -> bytes:
-    """A resolved record's value."""
-    return json.dumps({"resolved": hlc(resolved)}).encode()
 
 
 class Standin:
@@ -382,37 +249,6 @@ class Standin:
         self._next_resolved = time.monotonic() + self.options.resolved_s
 
 
-async def tick(conn: psycopg.AsyncConnection[Any]) -> datetime:
-    """Advance the commit clock as a committing writer would; returns the new value.
-
-    Note: once this transaction commits, every row stamped at or before the value is
-    committed and visible (their writers held the lock until then) and every later stamp
-    is greater.
-    """
-    async with conn.transaction():
-        await conn.execute(f"SELECT pg_advisory_xact_lock({CHANGEFEED_CLOCK_LOCK})")
-        cur = await conn.execute(TICK)
-        row = await cur.fetchone()
-    assert row is not None
-    value: datetime = row[0]
-    return value
-
-
-async def install(conn: psycopg.AsyncConnection[Any]) -> bool:
-    """Create the outbox and the trigger on `messages`, idempotently; False until the
-    table `messages` exists (`python -m feedsvc setup` creates it)."""
-    try:
-        async with conn.transaction():
-            # Two stand-ins starting together must not race on CREATE OR REPLACE.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('changefeed_standin'))")
-            for statement in INSTALL:
-                await conn.execute(statement)
-    except psycopg.errors.UndefinedTable:
-        log.warning("table messages does not exist yet; waiting for setup")
-        return False
-    return True
-
-
 async def _sleep_unless(stopping: asyncio.Event, seconds: float) -> bool:
     """Sleep up to `seconds`; True if `stopping` was set meanwhile."""
     try:
@@ -423,22 +259,46 @@ async def _sleep_unless(stopping: asyncio.Event, seconds: float) -> bool:
 
 
 async def start_producer(bootstrap: str, stopping: asyncio.Event) -> AIOKafkaProducer | None:
-    """An idempotent acks=all producer; start() fails at once while Kafka is down: retry."""
-    delay = 0.2
+    """An idempotent acks=all producer, started once Kafka answers; None if `stopping` is
+    set first.
+
+    Note: aiokafka's start() fails at once while Kafka is down; feedsvc's own
+    `start_with_retry` waits for the broker, for a bounded number of attempts. Like a
+    changefeed, the stand-in outlives any outage: when those run out it starts over.
+    """
     while not stopping.is_set():
         producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
         )
         try:
-            await producer.start()
-            return producer
+            if await _unless_stopping(start_with_retry(producer.start, "standin"), stopping):
+                return producer
         except KafkaError as exc:
-            await producer.stop()
-            log.warning("kafka not reachable (%s); retrying in %.1fs", exc, delay)
-            if await _sleep_unless(stopping, delay):
-                return None
-            delay = min(delay * 2, 5.0)
+            log.warning("kafka not reachable (%s); starting over", exc)
+        await producer.stop()
+        if await _sleep_unless(stopping, 1.0):
+            return None
     return None
+
+
+async def _unless_stopping(work: Coroutine[Any, Any, None], stopping: asyncio.Event) -> bool:
+    """Run `work` to its end (True; its error is raised) unless `stopping` is set first
+    (False; `work` is cancelled), so SIGTERM during a Kafka outage stops the stand-in at once.
+    """
+    task = asyncio.ensure_future(work)
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        return False
+    task.result()
+    return True
 
 
 async def main_async(options: Options) -> None:
@@ -454,7 +314,7 @@ async def main_async(options: Options) -> None:
 
 
 def main() -> int:
-    """`python scripts/changefeed_standin.py`."""
+    """`python -m devstack.standin`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     asyncio.run(main_async(Options.from_env(os.environ)))
     return 0

@@ -12,7 +12,8 @@ import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from local_stack import (
+
+from devstack import (
     KafkaBroker,
     Postgres,
     Service,
@@ -21,7 +22,6 @@ from local_stack import (
     free_port,
     scratch_dir,
 )
-
 from tests.support import native_only
 
 pytestmark = [pytest.mark.stack, native_only]

@@ -1,0 +1,314 @@
+"""The whole native stack under one root: PostgreSQL, Kafka and the feedsvc processes.
+
+`Stack` is what `scripts/local-stack`, the tests and the benchmarks start; `ExternalStack`
+is the same thing without the servers: only the feedsvc processes, against a database and
+Kafka that run elsewhere (the test container of `scripts/test-in-docker`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from devstack.kafka import KafkaBroker
+from devstack.postgres import Postgres
+from devstack.procs import REPO, Service, StackError, free_port
+
+DEFAULT_ROOT = REPO / ".local-stack"
+"""Where `scripts/local-stack` keeps its state, data and logs unless LOCAL_STACK_DIR says."""
+STANDIN = "devstack.standin"
+"""The changefeed stand-in's module, run as `python -m devstack.standin` from the repository."""
+
+# The api last: its readiness wait gives the others time to fail visibly first.
+ROLES = ("writer", "changefeed", "api")
+
+
+class Stack:
+    """PostgreSQL, Kafka and the feedsvc processes under one root, for `local-stack`.
+
+    Note: ports and pids live in `root/state.json`, so `up` is idempotent (running pieces
+    are left alone) and `down`/`status` work from another shell.
+    """
+
+    def __init__(
+        self,
+        root: Path = DEFAULT_ROOT,
+        extra_env: Mapping[str, str] | None = None,
+        *,
+        roles: Sequence[str] = ROLES,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.root = root.resolve()
+        self.extra_env = dict(extra_env or {})
+        # The processes `up` starts; a test that runs its own stand-in leaves "changefeed" out.
+        self.roles = tuple(r for r in ROLES if r in roles)
+        self._log = log
+        self._state_path = self.root / "state.json"
+        self.state: dict[str, Any] = {}
+        self._services: dict[str, Service] = {}
+        with self._flock():
+            self._refresh()
+
+    @property
+    def api_url(self) -> str:
+        """The api's base URL."""
+        return f"http://127.0.0.1:{self.state['ports']['api']}"
+
+    @property
+    def database_url(self) -> str:
+        """The feedsvc database, as the processes and tests connect to it."""
+        return self.postgres.url("feedsvc")
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        """Kafka, as the processes and tests bootstrap from it."""
+        return self.kafka.bootstrap
+
+    def env(self) -> dict[str, str]:
+        """The environment of every feedsvc process: ours, minus stray FEED_*, plus the stack."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FEED_")}
+        env.update(
+            {
+                "FEED_DATABASE_URL": self.database_url,
+                "FEED_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+                "FEED_HOST": "127.0.0.1",
+                "FEED_PORT": str(self.state["ports"]["api"]),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def service(self, role: str) -> Service:
+        """The process of `role` (writer, api, changefeed), adopting a pid from state.json."""
+        # Kept, so that a process started here stays referenced (and is reaped) until down.
+        svc = self._services.get(role)
+        if svc is None or (svc.returncode is not None or svc.pid is None):
+            if role == "changefeed":
+                argv = [sys.executable, "-m", STANDIN]
+            else:
+                argv = [sys.executable, "-m", "feedsvc", role]
+            svc = Service(
+                role,
+                argv,
+                self.env(),
+                self.root / "logs" / f"{role}.log",
+                pid=self.state["pids"].get(role),
+            )
+            self._services[role] = svc
+        return svc
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the root's lock: one `up` or `down` at a time (two shells raced `format`)."""
+        with self._flock():
+            # Another shell may have changed the pids while we waited.
+            self._refresh()
+            yield
+
+    @contextlib.contextmanager
+    def _flock(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o755)  # PostgreSQL, running as `postgres`, must traverse it
+        with (self.root / "lock").open("w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    PORTS: tuple[str, ...] = ("postgres", "kafka", "kafka_controller", "api")
+    """The ports this stack listens on, chosen once and kept in state.json."""
+
+    def _read_state(self) -> dict[str, int]:
+        """Read state.json, choosing and saving any missing port; returns the ports."""
+        try:
+            self.state = json.loads(self._state_path.read_text())
+        except FileNotFoundError:
+            self.state = {}
+        self.state.setdefault("pids", {})
+        ports: dict[str, int] = self.state.setdefault("ports", {})
+        for name in self.PORTS:
+            if name not in ports:
+                ports[name] = free_port()
+        self._save_state()
+        return ports
+
+    def _refresh(self) -> None:
+        """Read state.json and bind the servers to its ports."""
+        ports = self._read_state()
+        # Rebuilt only when the ports changed: a broker started here keeps its process handle.
+        pg = getattr(self, "postgres", None)
+        if pg is None or pg.port != ports["postgres"]:
+            self.postgres = Postgres(self.root / "postgres", ports["postgres"])
+        kafka = getattr(self, "kafka", None)
+        if kafka is None or (kafka.port, kafka.controller_port) != (
+            ports["kafka"],
+            ports["kafka_controller"],
+        ):
+            self.kafka = KafkaBroker(self.root / "kafka", ports["kafka"], ports["kafka_controller"])
+
+    def up(self) -> None:
+        """Start whatever is not running; returns when the api is ready."""
+        with self.locked():
+            self._up()
+
+    def down(self) -> None:
+        """Stop the processes, then Kafka, then PostgreSQL; data is kept."""
+        with self.locked():
+            self._down()
+
+    def _up(self) -> None:
+        began = time.monotonic()
+        self._step("postgres", self.postgres.start)
+        self.postgres.create_database("feedsvc")
+        self._step("kafka", self.kafka.start)
+        setup = Service(
+            "setup",
+            [sys.executable, "-m", "feedsvc", "setup"],
+            self.env(),
+            self.root / "logs" / "setup.log",
+        )
+        setup.start()
+        status = setup.wait_exit(120.0)
+        if status != 0:
+            raise StackError(f"feedsvc setup exited {status}:\n{setup.log_tail()}")
+        self._log("setup: done")
+        self._start_roles()
+        self._log(f"up in {time.monotonic() - began:.1f}s; logs in {self.root / 'logs'}")
+
+    def _start_roles(self) -> None:
+        """Start each role's process that is not running; the api last, waited for."""
+        started = 0.0  # when the last process was started here
+        for role in self.roles:
+            svc = self.service(role)
+            if svc.running:
+                self._log(f"{role}: already running (pid {svc.pid})")
+                continue
+            started = time.monotonic()
+            self.start_role(role)
+            self._log(f"{role}: started (pid {svc.pid})")
+        if started:
+            # A process that dies on its first round (bad config, a bug) would otherwise
+            # leave `up` reporting success when the api was already up and nothing waited.
+            time.sleep(max(0.0, started + 1.5 - time.monotonic()))
+        for role in self.roles:
+            svc = self.service(role)
+            if role in self.state["pids"] and not svc.running:
+                raise StackError(f"{role} exited during start-up:\n{svc.log_tail()}")
+
+    def start_role(self, role: str, ready_within: float = 60.0) -> Service:
+        """Start `role`'s process and record its pid; for the api, return once it is ready.
+
+        Note: also how a drill or a benchmark brings back a process it killed.
+        """
+        svc = self.service(role)
+        svc.start()
+        self.state["pids"][role] = svc.pid
+        self._save_state()
+        if role == "api":
+            svc.wait_http_ok(f"{self.api_url}/health/ready", ready_within)
+        return svc
+
+    def _down(self) -> None:
+        self._stop_roles(ROLES)  # all, whoever started them
+        if self.kafka.running:
+            self.kafka.stop()
+            self._log("kafka: stopped")
+        if self.postgres.running:
+            self.postgres.stop()
+            self._log("postgres: stopped")
+
+    def _stop_roles(self, roles: Sequence[str]) -> None:
+        """Stop the processes of `roles` that run, in reverse order."""
+        for role in reversed(roles):
+            svc = self.service(role)
+            if svc.running:
+                svc.terminate(30.0)
+                self._log(f"{role}: stopped")
+            self.state["pids"].pop(role, None)
+            self._save_state()
+
+    def status(self) -> dict[str, bool]:
+        """Which pieces run."""
+        result = {"postgres": self.postgres.running, "kafka": self.kafka.running}
+        for role in self.roles:
+            result[role] = self.service(role).running
+        return result
+
+    def _step(self, name: str, start: Callable[[], None]) -> None:
+        began = time.monotonic()
+        start()
+        self._log(f"{name}: ready in {time.monotonic() - began:.1f}s")
+
+    def _save_state(self) -> None:
+        self._state_path.write_text(json.dumps(self.state, indent=2))
+
+
+class ExternalStack(Stack):
+    """The feedsvc processes only (writer, api), against a database and Kafka run elsewhere.
+
+    For the test container of `scripts/test-in-docker`: CockroachDB and Kafka are compose
+    services that `feedsvc setup` has already prepared (schema, topics, changefeed), and
+    the real changefeed feeds `messages.committed`, so there is no server, no setup and
+    no stand-in to start here. `up`, `down`, `service`, `env` and `status` work as on a
+    `Stack`; there is no `postgres` or `kafka` attribute to stop or restart.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        database_url: str,
+        kafka_bootstrap: str,
+        extra_env: Mapping[str, str] | None = None,
+        *,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        if not database_url or not kafka_bootstrap:
+            raise StackError("an external stack needs a database URL and a Kafka bootstrap")
+        self._database_url = database_url
+        self._kafka_bootstrap = kafka_bootstrap
+        super().__init__(root, extra_env, roles=("writer", "api"), log=log)
+
+    @property
+    def database_url(self) -> str:
+        """The external database, as given."""
+        return self._database_url
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        """The external Kafka, as given."""
+        return self._kafka_bootstrap
+
+    def service(self, role: str) -> Service:
+        """The process of `role` (writer or api); the changefeed is not a process here."""
+        if role not in self.roles:
+            raise StackError(
+                f"{role}: not a process of an external stack ({', '.join(self.roles)})"
+            )
+        return super().service(role)
+
+    PORTS = ("api",)
+
+    def _refresh(self) -> None:
+        """Read state.json; there are no servers of ours to bind."""
+        self._read_state()
+
+    def _up(self) -> None:
+        began = time.monotonic()
+        self._start_roles()
+        self._log(f"up in {time.monotonic() - began:.1f}s; logs in {self.root / 'logs'}")
+
+    def _down(self) -> None:
+        self._stop_roles(self.roles)
+
+    def status(self) -> dict[str, bool]:
+        """Which processes run."""
+        return {role: self.service(role).running for role in self.roles}
