@@ -7,9 +7,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from local_stack import Stack, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
+from devstack import Stack, free_port
 from tests.e2e.test_feed import ids_of, open_feed
 from tests.support import extra_api, native_only, post_many, stored_ids, wait_for
 
