@@ -2,39 +2,52 @@
 
 from __future__ import annotations
 
-import base64
+import re
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-import msgspec
 from litestar import Response, get
 from litestar.params import Parameter
 
+from feedsvc.http import contract
 from feedsvc.http.errors import problem
 from feedsvc.messages import MessagePage, encode
 from feedsvc.store import Cursor, MessageStore
 
+_CURSOR = re.compile(contract.CURSOR_PATTERN)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
 
 def encode_cursor(cursor: Cursor) -> str:
-    """An opaque, URL-safe token for `before`."""
-    return base64.urlsafe_b64encode(encode(cursor)).decode().rstrip("=")
+    """The `before` token of a position: `<created_at in µs since 1970>_<id in hex>`."""
+    return f"{(cursor.created_at - _EPOCH) // _MICROSECOND}_{cursor.id.hex}"
 
 
 def decode_cursor(token: str) -> Cursor:
-    """The position a `before` token names; raises ValueError if it is not one of ours."""
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        return msgspec.json.decode(raw, type=Cursor)
-    # binascii.Error, and the ValueError of a token with non-ASCII characters, are both
-    # ValueErrors: whatever the client sent, it gets our message, not Python's.
-    except (ValueError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise ValueError("before is not a cursor this api issued") from exc
+    """The position a `before` token names; raises ValueError if it is not one.
+
+    Note: every token of the documented form is a position (the spec's pattern says
+    exactly which strings are), so a client may also make one: `0_<32 zeros>` is before
+    everything, an empty page.
+    """
+    if not token or not _CURSOR.match(token):
+        raise ValueError(
+            "before must be a cursor: the `next` of a page (<microseconds>_<32 hex digits>)"
+        )
+    micros, _, hex_id = token.partition("_")
+    return Cursor(created_at=_EPOCH + int(micros) * _MICROSECOND, id=uuid.UUID(hex=hex_id))
 
 
-@get("/messages")
+@get(
+    "/messages",
+    responses=contract.LIST_RESPONSES,
+    operation_class=contract.ListOperation,
+)
 async def list_messages(
     store: MessageStore,
-    limit: Annotated[int, Parameter(ge=1, le=1000)] = 50,
+    limit: Annotated[int, Parameter(ge=1, le=contract.MAX_LIMIT)] = 50,
     before: str | None = None,
 ) -> Response[bytes]:
     """A page of messages, newest first; `next` fetches the page after it (null at the end).
@@ -56,7 +69,11 @@ async def list_messages(
     )
 
 
-@get("/messages/{message_id:str}")
+@get(
+    "/messages/{message_id:str}",
+    responses=contract.GET_RESPONSES,
+    operation_class=contract.GetOperation,
+)
 async def get_message(store: MessageStore, message_id: str) -> Response[bytes]:
     """One stored message, or 404 (also while it is accepted but not stored yet)."""
     try:

@@ -13,7 +13,7 @@ from litestar import Request, Response, post
 from litestar.di import NamedDependency
 
 from feedsvc.http.admission import Admission, Refusal
-from feedsvc.http.contract import SubmitOperation
+from feedsvc.http.contract import SUBMIT_RESPONSES, SubmitOperation
 from feedsvc.http.errors import problem
 from feedsvc.http.idempotency import Earlier, KeyLedger, KeyReused
 from feedsvc.kafka import SUBMITTED, RenewingProducer
@@ -180,6 +180,7 @@ def _is_json(content_type: str) -> bool:
     request_max_body_size=MAX_BODY_BYTES,
     status_code=202,
     operation_class=SubmitOperation,
+    responses=SUBMIT_RESPONSES,
 )
 async def post_message(
     request: Request[Any, Any, Any],
