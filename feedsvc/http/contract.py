@@ -46,7 +46,7 @@ from feedsvc.messages import (  # the blank tables: `is_visible`'s own definitio
 )
 from feedsvc.relay.frames import EVENT_ID_PATTERN, Deleted, ResetNotice, ResumeNotice
 
-CURSOR_PATTERN = r"\A(?:[0-9]{1,17}_[0-9a-f]{32})?\Z"
+CURSOR_PATTERN = r"\A[0-9]{1,17}_[0-9a-f]{32}\Z"
 """A `before` cursor: the position's `created_at` in microseconds since 1970 and its id in
 hex. Every string of this form is a position (an empty page at worst); 17 digits stay
 below year 5000, inside Python's and the databases' timestamp ranges."""
@@ -307,7 +307,7 @@ def _page_parameters(operation: Operation) -> None:
         operation,
         "before",
         Schema(type=OpenAPIType.STRING, pattern=_ecma(CURSOR_PATTERN)),
-        "The `next` of the previous page; absent or empty: the newest page.",
+        "The `next` of the previous page; absent: the newest page.",
     )
 
 

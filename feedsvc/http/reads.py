@@ -32,7 +32,7 @@ def decode_cursor(token: str) -> Cursor:
     exactly which strings are), so a client may also make one: `0_<32 zeros>` is before
     everything, an empty page.
     """
-    if not token or not _CURSOR.match(token):
+    if not _CURSOR.match(token):
         raise ValueError(
             "before must be a cursor: the `next` of a page (<microseconds>_<32 hex digits>)"
         )
@@ -56,7 +56,7 @@ async def list_messages(
     posted meanwhile neither shift nor repeat it.
     """
     try:
-        cursor = decode_cursor(before) if before else None
+        cursor = None if before is None else decode_cursor(before)
     except ValueError as exc:
         return problem(400, str(exc), "before")
     items = await store.page(limit, cursor)
