@@ -279,7 +279,7 @@ SubmitOperation = _operation(
         202: {
             "Location": _header(
                 "Where the message will be once stored: `/messages/<id>`.",
-                Schema(type=OpenAPIType.STRING, pattern="^/messages/[0-9a-f-]{36}$"),
+                Schema(type=OpenAPIType.STRING, pattern=_ecma(r"\A/messages/[0-9a-f-]{36}\Z")),
             )
         },
         429: {"Retry-After": RETRY_AFTER},
