@@ -11,7 +11,8 @@ from typing import Annotated, Any
 
 import anyio
 from litestar import Request, get
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromQuery, QueryParameter
 from litestar.response import Stream
 from litestar.types import ASGIApp, Receive, Scope, Send
 
@@ -94,13 +95,13 @@ def _last_event_id(request: Request[Any, Any, Any], query_value: str | None) -> 
 )
 async def feed(
     request: Request[Any, Any, Any],
-    reader: CommittedReader,
-    fanout: Fanout,
-    store: MessageStore,
-    settings: Settings,
-    metrics: Metrics,
-    limit: Annotated[int | None, Parameter(ge=0, le=contract.MAX_LIMIT)] = None,
-    last_event_id: Annotated[str | None, Parameter(query="last_event_id")] = None,
+    reader: NamedDependency[CommittedReader],
+    fanout: NamedDependency[Fanout],
+    store: NamedDependency[MessageStore],
+    settings: NamedDependency[Settings],
+    metrics: NamedDependency[Metrics],
+    limit: Annotated[int | None, QueryParameter(ge=0, le=contract.MAX_LIMIT)] = None,
+    last_event_id: FromQuery[str | None] = None,
 ) -> Stream:
     """History (`limit`, default 50) then live events; resumes after `Last-Event-ID`.
 

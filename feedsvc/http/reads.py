@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from litestar import Response, get
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, QueryParameter
 
 from feedsvc.http import contract
 from feedsvc.http.errors import problem
@@ -46,9 +47,9 @@ def decode_cursor(token: str) -> Cursor:
     operation_class=contract.ListOperation,
 )
 async def list_messages(
-    store: MessageStore,
-    limit: Annotated[int, Parameter(ge=1, le=contract.MAX_LIMIT)] = 50,
-    before: str | None = None,
+    store: NamedDependency[MessageStore],
+    limit: Annotated[int, QueryParameter(ge=1, le=contract.MAX_LIMIT)] = 50,
+    before: FromQuery[str | None] = None,
 ) -> Response[bytes]:
     """A page of messages, newest first; `next` fetches the page after it (null at the end).
 
@@ -74,7 +75,9 @@ async def list_messages(
     responses=contract.GET_RESPONSES,
     operation_class=contract.GetOperation,
 )
-async def get_message(store: MessageStore, message_id: str) -> Response[bytes]:
+async def get_message(
+    store: NamedDependency[MessageStore], message_id: FromPath[str]
+) -> Response[bytes]:
     """One stored message, or 404 (also while it is accepted but not stored yet)."""
     try:
         parsed = uuid.UUID(message_id)
