@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import anyio
 from litestar import Request, Response
 from litestar.enums import HttpMethod, ScopeType
 from litestar.handlers import HTTPRouteHandler, route
@@ -40,10 +39,12 @@ class HeadAndAllow:
     `Allow` header the app sends (Litestar's own OPTIONS answers included) lists HEAD where
     it lists GET.
 
-    Note: a HEAD response ends as soon as its headers are sent, and the app is then
-    cancelled where it next waits, so a HEAD of the endless `/feed` ends at once and its
-    subscription is released like any closed stream's. A route without GET answers 405
-    as for GET.
+    Note: a HEAD response ends as soon as its headers are sent. The server then answers
+    the app's next `receive()` with `http.disconnect` (ASGI: "sent to the application if
+    receive is called after a response has been sent",
+    https://asgi.readthedocs.io/en/latest/specs/www.html#disconnect-receive-event), so
+    the endless `/feed` stops as for a client that left, and its subscription is
+    released. A route without GET answers 405 as for GET.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -56,23 +57,15 @@ class HeadAndAllow:
         if scope["method"] != "HEAD":
             await self.app(scope, receive, _with_full_allow(send))
             return
-        with anyio.CancelScope() as body_scope:
-            done = False
-            send_start = _with_full_allow(send)
+        send_start = _with_full_allow(send)
 
-            async def send_headers_only(message: Message) -> None:
-                nonlocal done
-                if done:
-                    return
-                if message["type"] == "http.response.start":
-                    await send_start(message)
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
-                    done = True
-                    # The app's next wait (a stream's next frame) is where it stops; an app
-                    # that was only going to send its body and return finishes normally.
-                    body_scope.cancel()
+        async def send_headers_only(message: Message) -> None:
+            # The body messages the app still sends are dropped.
+            if message["type"] == "http.response.start":
+                await send_start(message)
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-            await self.app({**scope, "method": "GET"}, receive, send_headers_only)
+        await self.app({**scope, "method": "GET"}, receive, send_headers_only)
 
 
 def _with_full_allow(send: Send) -> Send:
