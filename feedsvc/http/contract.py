@@ -12,9 +12,6 @@ operation_class=). `tests/e2e/test_schemathesis.py` holds the api to it.
 
 from __future__ import annotations
 
-import functools
-import sys
-import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -33,9 +30,8 @@ from litestar.openapi.spec import (
     Schema,
 )
 
-from feedsvc.messages import (  # the blank tables: `is_visible`'s own definition
-    _BLANK_CATEGORIES,
-    _BLANK_RANGES,
+from feedsvc.http.patterns import ecma, text_pattern
+from feedsvc.messages import (
     AUTHOR_PATTERN,
     MAX_BODY_BYTES,
     MAX_TEXT_CHARS,
@@ -54,66 +50,6 @@ MAX_LIMIT = 1000
 """The most messages one page or one feed history holds."""
 IDEMPOTENCY_KEY_PATTERN = r"\A[\x21-\x7e]{1,255}\Z"
 """Printable ASCII, as in the IETF Idempotency-Key draft's examples (UUIDs, tokens)."""
-_FORBIDDEN = ((0x00, 0x09), (0x0B, 0x1F), (0x7F, 0x9F))
-"""The control characters a text must not hold (all but newline), as `decode_submission`
-refuses them; tests/unit/http/test_contract.py checks the two agree on every character."""
-
-
-def _ecma(python_pattern: str) -> str:
-    """A Python `\\A...\\Z` regex as JSON Schema writes it (ECMA-262: `$` ends the input)."""
-    return "^" + python_pattern.removeprefix("\\A").removesuffix("\\Z") + "$"
-
-
-def _char_class(ranges: Iterable[tuple[int, int]], negate: bool = False) -> str:
-    """A regex class that ECMA-262 (with `u`), Rust's regex and Python's `re` all read alike:
-    `\\uXXXX` escapes in the BMP, the characters themselves above it."""
-
-    def one(code: int) -> str:
-        return f"\\u{code:04X}" if code <= 0xFFFF else chr(code)
-
-    body = "".join(one(lo) if lo == hi else f"{one(lo)}-{one(hi)}" for lo, hi in ranges)
-    return f"[{'^' if negate else ''}{body}]"
-
-
-def _ranges(codes: Iterable[int]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for code in codes:
-        if out and out[-1][1] == code - 1:
-            out[-1] = (out[-1][0], code)
-        else:
-            out.append((code, code))
-    return out
-
-
-@functools.cache
-def text_pattern() -> str:
-    """The ECMA pattern of a text the api accepts, but for its length after trimming.
-
-    Note: `decode_submission` trims white space (`str.strip`), then wants no control
-    character but newline and at least one visible character. So a text is: white space,
-    allowed characters, a visible one, allowed characters, white space. The trimmed
-    length (1-280) a pattern cannot say usably; `maxLength` bounds the untrimmed text,
-    which the api accepts whenever it is 280 or less. Built once per process (it scans
-    every code point; tests check it against `decode_submission`).
-    """
-    spaces: list[int] = []
-    invisible: set[int] = set()
-    category = unicodedata.category
-    for code in range(sys.maxunicode + 1):
-        char = chr(code)
-        if char.isspace():
-            spaces.append(code)
-        # `is_visible` per code point takes seconds; its own two tables give the same set.
-        if category(char) in _BLANK_CATEGORIES:
-            invisible.add(code)
-    invisible.update(c for low, high in _BLANK_RANGES for c in range(low, high + 1))
-    # Surrogates are no text (JSON carries them only as escapes, which the api refuses), and
-    # Rust's regex, which schemathesis validates with, cannot name them.
-    invisible.difference_update(range(0xD800, 0xE000))
-    space = _char_class(_ranges(spaces))
-    allowed = _char_class(_FORBIDDEN, negate=True)
-    visible = _char_class(_ranges(sorted(invisible)), negate=True)
-    return f"^{space}*{allowed}*{visible}{allowed}*{space}*$"
 
 
 def submission_schema() -> Schema:
@@ -122,7 +58,7 @@ def submission_schema() -> Schema:
         type=OpenAPIType.OBJECT,
         properties={
             "author": Schema(
-                type=OpenAPIType.STRING, pattern=_ecma(AUTHOR_PATTERN), min_length=1, max_length=32
+                type=OpenAPIType.STRING, pattern=ecma(AUTHOR_PATTERN), min_length=1, max_length=32
             ),
             "text": Schema(
                 type=OpenAPIType.STRING,
@@ -161,28 +97,28 @@ def _problem(description: str) -> ResponseSpec:
 class MessageEvent(msgspec.Struct, frozen=True, tag="message", tag_field="event"):
     """`event: message`: a message, in feed order."""
 
-    id: Annotated[str, msgspec.Meta(pattern=_ecma(EVENT_ID_PATTERN))]
+    id: Annotated[str, msgspec.Meta(pattern=ecma(EVENT_ID_PATTERN))]
     data: Message
 
 
 class DeleteEvent(msgspec.Struct, frozen=True, tag="delete", tag_field="event"):
     """`event: delete`: a message that no longer exists."""
 
-    id: Annotated[str, msgspec.Meta(pattern=_ecma(EVENT_ID_PATTERN))]
+    id: Annotated[str, msgspec.Meta(pattern=ecma(EVENT_ID_PATTERN))]
     data: Deleted
 
 
 class ResetEvent(msgspec.Struct, frozen=True, tag="reset", tag_field="event"):
     """`event: reset`: the position cannot be served; history from scratch follows."""
 
-    id: Annotated[str, msgspec.Meta(pattern=_ecma(EVENT_ID_PATTERN))]
+    id: Annotated[str, msgspec.Meta(pattern=ecma(EVENT_ID_PATTERN))]
     data: ResetNotice
 
 
 class ResumeEvent(msgspec.Struct, frozen=True, tag="resume", tag_field="event"):
     """`event: resume`: the last event; reconnect with `Last-Event-ID` to continue."""
 
-    id: Annotated[str, msgspec.Meta(pattern=_ecma(EVENT_ID_PATTERN))]
+    id: Annotated[str, msgspec.Meta(pattern=ecma(EVENT_ID_PATTERN))]
     data: ResumeNotice
 
 
@@ -192,7 +128,7 @@ FeedEvent = MessageEvent | DeleteEvent | ResetEvent | ResumeEvent
 FEED_DESCRIPTION = f"""\
 A Server-Sent Events stream (`text/event-stream`), endless: `retry: 2000` first, then the
 latest `limit` messages oldest first, then every new message live. Each event has an
-`id:` (`<offset>[-<tag>][~<snapshot>]`, pattern `{_ecma(EVENT_ID_PATTERN)}`, opaque: send
+`id:` (`<offset>[-<tag>][~<snapshot>]`, pattern `{ecma(EVENT_ID_PATTERN)}`, opaque: send
 the last one back as `Last-Event-ID`), an `event:` and one `data:` line of JSON; the
 schema describes one event with `data` decoded:
 
@@ -266,7 +202,7 @@ def _submit_body(operation: Operation) -> None:
                 "stored once; the key again with another text gets 422."
             ),
             schema=Schema(
-                type=OpenAPIType.STRING, pattern=_ecma(IDEMPOTENCY_KEY_PATTERN), max_length=255
+                type=OpenAPIType.STRING, pattern=ecma(IDEMPOTENCY_KEY_PATTERN), max_length=255
             ),
         )
     ]
@@ -279,7 +215,7 @@ SubmitOperation = _operation(
         202: {
             "Location": _header(
                 "Where the message will be once stored: `/messages/<id>`.",
-                Schema(type=OpenAPIType.STRING, pattern=_ecma(r"\A/messages/[0-9a-f-]{36}\Z")),
+                Schema(type=OpenAPIType.STRING, pattern=ecma(r"\A/messages/[0-9a-f-]{36}\Z")),
             )
         },
         429: {"Retry-After": RETRY_AFTER},
@@ -306,7 +242,7 @@ def _page_parameters(operation: Operation) -> None:
     _set_parameter(
         operation,
         "before",
-        Schema(type=OpenAPIType.STRING, pattern=_ecma(CURSOR_PATTERN)),
+        Schema(type=OpenAPIType.STRING, pattern=ecma(CURSOR_PATTERN)),
         "The `next` of the previous page; absent: the newest page.",
     )
 

@@ -19,7 +19,8 @@ from litestar.testing import TestClient
 
 from feedsvc.config import Settings
 from feedsvc.http.app import ApiParts, create_app
-from feedsvc.http.contract import CURSOR_PATTERN, submission_schema, text_pattern
+from feedsvc.http.contract import CURSOR_PATTERN, submission_schema
+from feedsvc.http.patterns import text_pattern
 from feedsvc.http.reads import decode_cursor, encode_cursor
 from feedsvc.messages import (
     MAX_TEXT_CHARS,
