@@ -8,10 +8,9 @@ from typing import Any
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
-from litestar.openapi import OpenAPIConfig
 
 from feedsvc.config import Settings
-from feedsvc.http import feed, health, pages, reads, submit
+from feedsvc.http import contract, feed, health, methods, pages, reads, submit
 from feedsvc.http.access import AccessLog
 from feedsvc.http.admission import Admission
 from feedsvc.http.errors import exception_handlers
@@ -42,19 +41,20 @@ def _provide(value: Any) -> Provide:
 def create_app(parts: ApiParts) -> Litestar:
     """The HTTP api over already-open resources; it opens nothing itself."""
     origins = parts.settings.cors_origin_list
+    handlers = [
+        pages.index,
+        pages.favicon,
+        submit.post_message,
+        feed.feed,
+        reads.list_messages,
+        reads.get_message,
+        health.live,
+        health.ready,
+        health.render_metrics,
+    ]
     app = Litestar(
-        route_handlers=[
-            pages.index,
-            pages.favicon,
-            *pages.static_routers(),
-            submit.post_message,
-            feed.feed,
-            reads.list_messages,
-            reads.get_message,
-            health.live,
-            health.ready,
-            health.render_metrics,
-        ],
+        # Our OPTIONS handlers first, so that Litestar makes none of its own for these paths.
+        route_handlers=[*methods.options_handlers(handlers), *handlers, *pages.static_routers()],
         dependencies={
             "store": _provide(parts.store),
             "submitter": _provide(parts.submitter),
@@ -65,9 +65,7 @@ def create_app(parts: ApiParts) -> Litestar:
             "fanout": _provide(parts.fanout),
         },
         exception_handlers=exception_handlers(),
-        openapi_config=OpenAPIConfig(
-            title="feedsvc", version="1.0.0", path="/schema", render_plugins=[pages.schema_ui()]
-        ),
+        openapi_config=contract.openapi_config(render_plugins=[pages.schema_ui()]),
         # Litestar answers preflights and adds the CORS headers for allowed origins only:
         # https://docs.litestar.dev/2/usage/middleware/builtin-middleware.html#cors
         cors_config=CORSConfig(allow_origins=origins, expose_headers=["Location", "Retry-After"])
@@ -79,5 +77,6 @@ def create_app(parts: ApiParts) -> Litestar:
     )
     # Around Litestar's whole handler (its exception and CORS layers included), so requests
     # no route matches are logged too; the `middleware=` option wraps matched routes only.
-    app.asgi_handler = AccessLog(app.asgi_handler, parts.metrics.http)
+    # HEAD inside the access log, so a HEAD is logged as HEAD.
+    app.asgi_handler = AccessLog(methods.HeadAndAllow(app.asgi_handler), parts.metrics.http)
     return app

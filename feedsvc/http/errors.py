@@ -6,9 +6,10 @@ import logging
 from typing import Any
 
 from litestar import Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, MethodNotAllowedException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
+from feedsvc.http.methods import allow_header
 from feedsvc.messages import Problem, encode
 
 log = logging.getLogger(__name__)
@@ -27,10 +28,15 @@ _NAMES = {
 
 
 def problem(
-    status: int, detail: str, field: str | None = None, retry_after_s: int | None = None
+    status: int,
+    detail: str,
+    field: str | None = None,
+    retry_after_s: int | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Response[bytes]:
     """An error response; `Retry-After` when the client should come back later."""
-    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+    if retry_after_s is not None:
+        headers = {**(headers or {}), "Retry-After": str(retry_after_s)}
     body = Problem(error=_NAMES.get(status, "error"), detail=detail, field=field)
     return Response(
         encode(body), status_code=status, media_type="application/json", headers=headers
@@ -38,7 +44,14 @@ def problem(
 
 
 def http_exception_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
-    """Litestar's own errors (bad query parameters, oversized bodies) in our shape."""
+    """Litestar's own errors (bad query parameters, oversized bodies) in our shape.
+
+    Note: a 405 keeps the `Allow` header Litestar's router computed (RFC 9110 §15.5.6
+    requires it), with HEAD added where GET is (`feedsvc.http.methods`).
+    """
+    if isinstance(exc, MethodNotAllowedException):
+        allow = (exc.headers or {}).get("allow", "")
+        return problem(405, exc.detail, headers={"Allow": allow_header(allow.split(","))})
     field = None
     if isinstance(exc, ValidationException) and isinstance(exc.extra, list) and exc.extra:
         first = exc.extra[0]

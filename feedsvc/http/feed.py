@@ -11,11 +11,13 @@ from typing import Annotated, Any
 
 import anyio
 from litestar import Request, get
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromQuery, QueryParameter
 from litestar.response import Stream
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from feedsvc.config import Settings
+from feedsvc.http import contract
 from feedsvc.metrics import Metrics
 from feedsvc.relay.fanout import Fanout
 from feedsvc.relay.reader import CommittedReader
@@ -84,21 +86,29 @@ def _last_event_id(request: Request[Any, Any, Any], query_value: str | None) -> 
     return request.headers.get("last-event-id") or query_value or None
 
 
-@get("/feed", middleware=[feed_lifetime], media_type="text/event-stream")
+@get(
+    "/feed",
+    middleware=[feed_lifetime],
+    media_type="text/event-stream",
+    responses=contract.FEED_RESPONSES,
+    operation_class=contract.FeedOperation,
+)
 async def feed(
     request: Request[Any, Any, Any],
-    reader: CommittedReader,
-    fanout: Fanout,
-    store: MessageStore,
-    settings: Settings,
-    metrics: Metrics,
-    limit: Annotated[int | None, Parameter(ge=0, le=1000)] = None,
-    last_event_id: Annotated[str | None, Parameter(query="last_event_id")] = None,
+    reader: NamedDependency[CommittedReader],
+    fanout: NamedDependency[Fanout],
+    store: NamedDependency[MessageStore],
+    settings: NamedDependency[Settings],
+    metrics: NamedDependency[Metrics],
+    limit: Annotated[int | None, QueryParameter(ge=0, le=contract.MAX_LIMIT)] = None,
+    last_event_id: FromQuery[str | None] = None,
 ) -> Stream:
     """History (`limit`, default 50) then live events; resumes after `Last-Event-ID`.
 
     Note: never answers 429/503 (a browser's EventSource gives up for good on those):
     when this process is full or not ready it answers 200 with a `retry:` hint and ends.
+    A malformed query (`limit` not 0-1000) is the one error, 400 before any stream: the
+    same URL would never work, so an EventSource is better stopped than retrying forever.
     """
     # Starting (not caught up), stopping, or full: a retry hint, never an error status.
     if not fanout.ready or fanout.closed or fanout.subscribers >= settings.max_subscribers:

@@ -8,6 +8,7 @@ import anyio
 from litestar import Response, get
 
 from feedsvc.http.admission import Admission
+from feedsvc.http.contract import READY_RESPONSES, ReadyOperation
 from feedsvc.metrics import Metrics
 from feedsvc.relay.reader import CommittedReader
 from feedsvc.store import MessageStore
@@ -19,7 +20,7 @@ async def live() -> dict[str, str]:
     return {"status": "live"}
 
 
-@get("/health/ready")
+@get("/health/ready", responses=READY_RESPONSES, operation_class=ReadyOperation)
 async def ready(
     store: MessageStore, admission: Admission, reader: CommittedReader
 ) -> Response[dict[str, object]]:

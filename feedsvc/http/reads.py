@@ -6,18 +6,24 @@ import uuid
 from typing import Annotated
 
 from litestar import Response, get
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, QueryParameter
 
+from feedsvc.http import contract
 from feedsvc.http.errors import problem
 from feedsvc.messages import Cursor, MessagePage, decode_cursor, encode, encode_cursor
 from feedsvc.store import MessageStore
 
 
-@get("/messages")
+@get(
+    "/messages",
+    responses=contract.LIST_RESPONSES,
+    operation_class=contract.ListOperation,
+)
 async def list_messages(
-    store: MessageStore,
-    limit: Annotated[int, Parameter(ge=1, le=1000)] = 50,
-    before: str | None = None,
+    store: NamedDependency[MessageStore],
+    limit: Annotated[int, QueryParameter(ge=1, le=contract.MAX_LIMIT)] = 50,
+    before: FromQuery[str | None] = None,
 ) -> Response[bytes]:
     """A page of messages, newest first; `next` fetches the page after it (null at the end).
 
@@ -25,7 +31,7 @@ async def list_messages(
     posted meanwhile neither shift nor repeat it.
     """
     try:
-        cursor = decode_cursor(before) if before else None
+        cursor = None if before is None else decode_cursor(before)
     except ValueError as exc:
         return problem(400, str(exc), "before")
     items = await store.page(limit, cursor)
@@ -38,8 +44,14 @@ async def list_messages(
     )
 
 
-@get("/messages/{message_id:str}")
-async def get_message(store: MessageStore, message_id: str) -> Response[bytes]:
+@get(
+    "/messages/{message_id:str}",
+    responses=contract.GET_RESPONSES,
+    operation_class=contract.GetOperation,
+)
+async def get_message(
+    store: NamedDependency[MessageStore], message_id: FromPath[str]
+) -> Response[bytes]:
     """One stored message, or 404 (also while it is accepted but not stored yet)."""
     try:
         parsed = uuid.UUID(message_id)

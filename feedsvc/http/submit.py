@@ -15,7 +15,7 @@ from litestar.di import NamedDependency
 from litestar.params import SkipValidation
 
 from feedsvc.http.admission import Refusal
-from feedsvc.http.contract import SubmitOperation
+from feedsvc.http.contract import SUBMIT_RESPONSES, SubmitOperation
 from feedsvc.http.errors import problem
 from feedsvc.http.idempotency import Earlier, KeyLedger, KeyReused
 from feedsvc.kafka import SUBMITTED
@@ -208,6 +208,7 @@ def _is_json(content_type: str) -> bool:
     request_max_body_size=MAX_BODY_BYTES,
     status_code=202,
     operation_class=SubmitOperation,
+    responses=SUBMIT_RESPONSES,
 )
 async def post_message(
     request: Request[Any, Any, Any],

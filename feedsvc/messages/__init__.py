@@ -10,7 +10,7 @@ parameter) and only these structs travel inward. One module per contract:
 - `deadletter`: the `messages.dlq` record.
 """
 
-from feedsvc.messages.cursor import Cursor, decode_cursor, encode_cursor
+from feedsvc.messages.cursor import CURSOR_PATTERN, Cursor, decode_cursor, encode_cursor
 from feedsvc.messages.deadletter import (
     DEAD_LETTER_HEAD_BYTES,
     DEAD_LETTER_KEY_BYTES,
@@ -48,6 +48,7 @@ from feedsvc.messages.submission import (
 
 __all__ = [
     "AUTHOR_PATTERN",
+    "CURSOR_PATTERN",
     "DEAD_LETTER_HEAD_BYTES",
     "DEAD_LETTER_KEY_BYTES",
     "DEAD_LETTER_REASON_CHARS",

@@ -24,7 +24,7 @@ _FORBIDDEN_CHARS = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
 # U+200B, U+2060, U+3164 HANGUL FILLER, U+FFA0, variation selectors, tags), which
 # unicodedata does not expose, plus U+2800 BRAILLE PATTERN BLANK, a symbol that is
 # drawn as an empty cell.
-_BLANK_RANGES = (
+BLANK_RANGES = (
     (0x00AD, 0x00AD),
     (0x034F, 0x034F),
     (0x061C, 0x061C),
@@ -45,7 +45,7 @@ _BLANK_RANGES = (
     (0xE0000, 0xE0FFF),
 )
 # Separators (Zs, Zl, Zp), controls (Cc), format characters (Cf) and surrogates (Cs).
-_BLANK_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf", "Cs"})
+BLANK_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf", "Cs"})
 
 
 def is_visible(char: str) -> bool:
@@ -55,10 +55,10 @@ def is_visible(char: str) -> bool:
     private-use and unassigned code points: a font draws them (a box at worst), and
     a code point unassigned in this Python's Unicode version may be a newer emoji.
     """
-    if unicodedata.category(char) in _BLANK_CATEGORIES:
+    if unicodedata.category(char) in BLANK_CATEGORIES:
         return False
     code = ord(char)
-    return not any(low <= code <= high for low, high in _BLANK_RANGES)
+    return not any(low <= code <= high for low, high in BLANK_RANGES)
 
 
 class Submission(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

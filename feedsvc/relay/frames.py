@@ -28,7 +28,9 @@ from feedsvc.relay.changefeed import Delete, Row, hlc_value
 PING = b": ping\n\n"
 """A comment heartbeat: keeps proxies from closing an idle stream, dispatches no event."""
 
-_EVENT_ID = re.compile(r"\A(-1|0|[1-9][0-9]{0,18})(?:-([0-9a-f]{8}))?(?:~([0-9a-z]{1,24}))?\Z")
+EVENT_ID_PATTERN = r"\A(-1|0|[1-9][0-9]{0,18})(?:-([0-9a-f]{8}))?(?:~([0-9a-z]{1,24}))?\Z"
+"""Every event id the feed sends (the OpenAPI spec shows it too)."""
+_EVENT_ID = re.compile(EVENT_ID_PATTERN)
 _encoder = msgspec.json.Encoder()
 
 

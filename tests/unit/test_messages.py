@@ -350,10 +350,6 @@ _MESSAGE_JSON = (
         (Deleted(_ID), b'{"id":"0b7f9e3c-2a4d-4e5f-8a6b-7c8d9e0f1a2b"}'),
         (ResetNotice("topic recreated"), b'{"reason":"topic recreated"}'),
         (ResumeNotice("9-0b7f9e3c", "slow"), b'{"last_event_id":"9-0b7f9e3c","reason":"slow"}'),
-        (
-            Cursor(created_at=_AT, id=_ID),
-            b'["2026-11-28T10:30:00.123456Z","0b7f9e3c-2a4d-4e5f-8a6b-7c8d9e0f1a2b"]',
-        ),
     ],
     ids=lambda v: type(v).__name__ if isinstance(v, msgspec.Struct) else "",
 )
@@ -374,9 +370,6 @@ def test_accepted_is_the_message_plus_its_status() -> None:
 
 def test_cursor_token_is_pinned() -> None:
     """A `before` token handed out earlier still names the same position."""
-    token = (
-        "WyIyMDI2LTExLTI4VDEwOjMwOjAwLjEyMzQ1NloiLCIw"
-        "YjdmOWUzYy0yYTRkLTRlNWYtOGE2Yi03YzhkOWUwZjFhMmIiXQ"
-    )
+    token = "1795861800123456_0b7f9e3c2a4d4e5f8a6b7c8d9e0f1a2b"
     assert encode_cursor(Cursor(created_at=_AT, id=_ID)) == token
     assert decode_cursor(token) == Cursor(created_at=_AT, id=_ID)
