@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -28,11 +29,41 @@ class StackError(RuntimeError):
     """A piece of the stack did not come up or go down; the message carries its log tail."""
 
 
+_LOWEST_PORT = 10_000
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    """The first port the kernel hands to outgoing connections (Linux: 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing is bound to right now, below the ephemeral range.
+
+    Note: not `bind(("127.0.0.1", 0))`: that returns an ephemeral port, which any outgoing
+    connection (a Kafka client, an HTTP client) may take as its source port before the
+    server we meant it for binds it; on a busy machine that made Kafka or the api fail to
+    start with "Address already in use". Ports below the ephemeral range are only ever
+    taken by listeners, and a port handed out once is not handed out again by this process.
+    """
+    high = _ephemeral_low()
+    low = min(_LOWEST_PORT, high // 2)
+    for _ in range(1000):
+        port = random.randrange(low, high)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise StackError(f"no free port in {low}..{high - 1}")
 
 
 def scratch_dir(prefix: str = "feedsvc-stack-") -> Path:
