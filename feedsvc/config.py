@@ -28,6 +28,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     port: int = 8000
     """The api's listen port."""
 
+    api_workers: int = 0
+    """api worker processes sharing the port, each with its own event loop, Kafka producer,
+    relay and database pool: one event loop uses one core. 0 means one per core."""
+
     max_inflight: int = 2000
     """POSTs waiting on Kafka at once; one more gets 429 at once rather than a queue."""
 
@@ -136,6 +140,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 f"{PREFIX}TOPIC_REPLICATION_FACTOR={self.topic_replication_factor}: "
                 "no send could ever be acknowledged"
             )
+        if self.api_workers < 0:
+            raise ValueError(f"{PREFIX}API_WORKERS must be 0 (one per core) or more")
         if self.submitted_retention_ms < 1 and self.submitted_retention_ms != -1:
             raise ValueError(f"{PREFIX}SUBMITTED_RETENTION_MS must be positive, or -1 (forever)")
         for origin in self.cors_origin_list:

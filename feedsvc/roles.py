@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
+from collections.abc import Callable
 from types import FrameType
 
 import anyio
@@ -23,19 +25,60 @@ from feedsvc.metrics import Metrics
 from feedsvc.relay.fanout import Fanout
 from feedsvc.relay.reader import CommittedReader
 from feedsvc.store import MessageStore, open_pool
+from feedsvc.workers import Supervisor, listener, reserve_port, worker_count
 
 log = logging.getLogger("feedsvc")
 
 
 def run(role: str, settings: Settings) -> int:
     """Run a role on the event loop; returns the process exit code."""
-    main = {"api": api, "writer": writer, "setup": setup}[role]
+    if role == "api":
+        return serve_api(settings)
+    main = {"writer": writer, "setup": setup}[role]
     anyio.run(main, settings, backend_options={"use_uvloop": True})
     return 0
 
 
-async def api(settings: Settings) -> None:
-    """Serve HTTP until SIGTERM, then let open requests finish within the grace period."""
+def serve_api(settings: Settings) -> int:
+    """The api: one process, or `FEED_API_WORKERS` worker processes sharing the port.
+
+    Note: each worker is a whole api (workers.py); every limit of the api's settings
+    (in-flight posts, feed streams, the database pool) is per worker.
+    """
+    count = worker_count(settings.api_workers)
+    if count == 1:
+
+        def listen() -> socket.socket:
+            return listener(settings.host, settings.port, settings.socket_sndbuf, reuse_port=False)
+
+        anyio.run(api, settings, listen, backend_options={"use_uvloop": True})
+        return 0
+    reserved = reserve_port(settings.host, settings.port)
+    port = reserved.getsockname()[1]
+
+    def work(slot: int) -> int:
+        reserved.close()
+
+        def listen() -> socket.socket:
+            return listener(settings.host, port, settings.socket_sndbuf, reuse_port=True)
+
+        anyio.run(api, settings, listen, backend_options={"use_uvloop": True})
+        return 0
+
+    # TODO(metrics, issue 12): prepare PROMETHEUS_MULTIPROC_DIR here, before the first
+    # fork, and pass the metrics module's mark-dead function as `on_death`, so /metrics
+    # sums every worker's series and drops a dead worker's gauges.
+    log.info("api starting workers", extra={"workers": count, "port": port})
+    with reserved:
+        return Supervisor(count, work).run()
+
+
+async def api(settings: Settings, listen: Callable[[], socket.socket]) -> None:
+    """Serve HTTP until SIGTERM, then let open requests finish within the grace period.
+
+    Note: `listen` is called once everything is open and the feed has caught up, so a
+    worker takes connections only when it can serve them.
+    """
     metrics = Metrics()
     admission = Admission(settings.max_inflight, settings.max_backlog)
     async with (
@@ -75,10 +118,12 @@ async def api(settings: Settings) -> None:
         # uvicorn re-raises the signal it caught once it has shut down; a no-op
         # handler lets our own `async with` blocks close Kafka and the pool after it.
         signal.signal(signal.SIGTERM, lambda *_: None)
-        log.info("api listening", extra={"url": f"http://{settings.host}:{settings.port}"})
-        await server.serve(sockets=[_listen(settings)])
+        sock = listen()
+        url = f"http://{settings.host}:{sock.getsockname()[1]}"
+        log.info("api listening", extra={"url": url, "pid": os.getpid()})
+        await server.serve(sockets=[sock])
         tasks.cancel_scope.cancel()
-    log.info("api stopped")
+    log.info("api stopped", extra={"pid": os.getpid()})
 
 
 class _Server(uvicorn.Server):
@@ -93,21 +138,6 @@ class _Server(uvicorn.Server):
         # Runs in the signal handler, between two steps of the event loop's thread;
         # closing only sets flags and wakes waiters.
         self.fanout.close()
-
-
-def _listen(settings: Settings) -> socket.socket:
-    """The api's listening socket; accepted connections inherit its send buffer size.
-
-    Note: a feed client that stops reading is detected only once our writes to it
-    block, i.e. once its socket's send buffer is full; a fixed buffer (instead of
-    autotuning up to 4 MiB) makes that prompt and bounds the memory it pins.
-    """
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.create_server((settings.host, settings.port), family=family, backlog=2048)
-    if settings.socket_sndbuf:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.socket_sndbuf)
-    sock.set_inheritable(True)
-    return sock
 
 
 def _feed_metrics(metrics: Metrics, reader: CommittedReader, fanout: Fanout) -> None:
