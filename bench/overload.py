@@ -35,13 +35,13 @@ class Options:
 
     Note: wrk keeps one request in flight per connection, so it offers more than the api
     answers only with more connections than the api's in-flight limit (FEED_MAX_INFLIGHT,
-    2,000): below that, the load is closed-loop and nothing is ever refused.
+    128 per worker): below that, the load is closed-loop and nothing is ever refused.
     """
 
     seconds: float = 30.0
     probe_seconds: float = 10.0
     sustainable: int = 0
-    connections: int = 3000
+    connections: int = 1000
 
     @classmethod
     def make(cls, quick: bool, sustainable: int = 0) -> Options:

@@ -90,13 +90,15 @@ async def api(settings: Settings, listen: Callable[[], socket.socket]) -> None:
     ):
         progress = kafka.WriterProgress(admin_client, offsets)
         tasks.start_soon(admission.watch_backlog, progress, settings.backlog_refresh_s)
+        tasks.start_soon(admission.watch_loop)
         reader = CommittedReader(settings)
         fanout: Fanout = await tasks.start(reader.run)
         _feed_metrics(metrics, reader, fanout)
+        store = MessageStore(pool)
         parts = ApiParts(
             settings=settings,
-            store=MessageStore(pool),
-            submitter=Submitter(producer, admission, metrics, settings.kafka_timeout_s),
+            store=store,
+            submitter=Submitter(producer, admission, metrics, settings.kafka_timeout_s, store),
             admission=admission,
             metrics=metrics,
             reader=reader,

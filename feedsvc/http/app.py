@@ -15,6 +15,7 @@ from feedsvc.http import feed, health, pages, reads, submit
 from feedsvc.http.access import AccessLog
 from feedsvc.http.admission import Admission
 from feedsvc.http.errors import exception_handlers
+from feedsvc.http.shedding import ShedPosts
 from feedsvc.http.submit import Submitter
 from feedsvc.metrics import Metrics
 from feedsvc.relay.fanout import Fanout
@@ -79,5 +80,7 @@ def create_app(parts: ApiParts) -> Litestar:
     )
     # Around Litestar's whole handler (its exception and CORS layers included), so requests
     # no route matches are logged too; the `middleware=` option wraps matched routes only.
-    app.asgi_handler = AccessLog(app.asgi_handler)
+    # Refusals under overload skip the framework, but not the access log (http/shedding.py).
+    shed = ShedPosts(app.asgi_handler, parts.admission, parts.metrics, cors=bool(origins))
+    app.asgi_handler = AccessLog(shed)
     return app
