@@ -106,7 +106,7 @@ class Admission:
             self.kafka_reachable = True
             log.info("kafka reachable again")
 
-    async def watch_loop(self, every_s: float = 0.05) -> None:
+    async def watch_loop(self, every_s: float = 0.1) -> None:
         """Keep `loop_lag_s` current until cancelled.
 
         Note: a saturated loop makes every wait late, Kafka's acknowledgements and
