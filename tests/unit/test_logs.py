@@ -43,7 +43,7 @@ def slow() -> Iterator[Slow]:
 def test_a_blocked_writer_does_not_block_the_logger(slow: Slow) -> None:
     """Logging returns at once while the write blocks; the line is written later, off the
     caller's thread, with its `extra=` fields."""
-    log = logging.getLogger("feedsvc.access")
+    log = logging.getLogger("tests.unit.test_logs")  # no other test configures it
     with written_by_a_thread():
         log.info("request", extra={"status": 202})  # would block here for 10 s if inline
         assert slow.lines == []
@@ -55,7 +55,7 @@ def test_a_blocked_writer_does_not_block_the_logger(slow: Slow) -> None:
 
 def test_lines_beyond_the_queue_are_dropped_and_counted(slow: Slow) -> None:
     """With the writer stuck and the queue full, further lines are dropped, then reported."""
-    log = logging.getLogger("feedsvc.access")
+    log = logging.getLogger("tests.unit.test_logs")  # no other test configures it
     with written_by_a_thread(capacity=3):
         log.info("request", extra={"n": 0})
         assert slow.busy.wait(10)  # the writer holds line 0; the queue takes 3 more
