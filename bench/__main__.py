@@ -31,7 +31,9 @@ SHARED_ENV = {"FEED_MAX_SUBSCRIBERS": "42000", "FEED_MAX_BACKLOG": str(overload.
 def _scenario(args: argparse.Namespace, name: str, stacks: Stacks) -> msgspec.Struct:
     quick: bool = args.quick
     if name == "ingest":
-        opts = ingest.Options.make(quick, args.seconds, args.rate, args.connections)
+        opts = ingest.Options.make(
+            quick, args.seconds, args.rate, args.connections, getattr(args, "workers", 0)
+        )
         return ingest.run(opts, stacks)
     if name == "overload":
         return overload.run(overload.Options.make(quick, args.sustainable), stacks)
@@ -58,6 +60,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=None, help="load length (60; quick 10)")
     p.add_argument("--rate", type=int, default=0, help="posts/s to pace at; 0: full speed")
     p.add_argument("--connections", type=int, default=64, help="wrk connections (64)")
+    p.add_argument("--workers", type=int, default=0, help="api worker processes (0: per core)")
     p = add("overload", "POSTs at 10x the sustainable rate")
     p.add_argument("--sustainable", type=int, default=0, help="posts/s; 0: measure it first")
     p = add("fanout", "the highest post rate with delivery p99 <= 200 ms, and the baseline")

@@ -1,7 +1,13 @@
-"""`idle`: as many idle feed connections as one api worker holds (up to 40,000), and their cost.
+"""`idle`: as many idle feed connections as the api holds (up to 40,000), and their cost.
 
+The api runs its default worker processes (one per core, FEED_API_WORKERS), each holding
+its share of the streams: a process cannot hold more sockets than its file limit, and
+the hard limit (20,000 on the machine of BENCHMARKS.md) can be raised only with
+CAP_SYS_RESOURCE, so one worker alone stops near it. How many each worker holds is read
+from /proc (bench/sockets.py), not from /metrics, which answers for one worker only.
 The scenario sets up what that many loopback sockets need: a raised RLIMIT_NOFILE (the
-stack's processes inherit it) and several source addresses (127.0.0.1, 127.0.0.2, ...),
+stack's processes inherit it), client processes of 15,000 sockets each, and several
+source addresses (127.0.0.1, 127.0.0.2, ...),
 since one source address has only ~28,000 ephemeral ports towards one server port.
 Streams open in batches until the target or the first batch that fails. Then: the api's
 resident memory growth per connection, its CPU over a window of heartbeats (one every
@@ -18,10 +24,11 @@ from dataclasses import dataclass
 
 from bench.feedstream import Clients
 from bench.poster import post_paced
-from bench.proc import cpu_seconds, raise_fd_limit, rss_kb
+from bench.proc import cpu_seconds, raise_fd_limit, rss_kb, tree
 from bench.report import loadavg, machine, say
 from bench.result import Idle
-from bench.stack import Stacks, metrics, pid_of
+from bench.sockets import connections as held_by
+from bench.stack import Stacks, pid_of
 from bench.stats import ms, percentile
 from devstack.poll import Timeout, wait_until
 
@@ -68,9 +75,14 @@ def run(opts: Options, stacks: Stacks | None = None) -> Idle:
         Clients(opts.client_procs) as clients,
     ):
         url, api = stack.api_url, pid_of(stack, "api")
+        port = int(url.rsplit(":", 1)[1])
+
+        def per_worker() -> dict[int, int]:
+            # The api's processes: its workers, or the api itself when it runs alone.
+            return held_by(tree(api), port)
 
         def subscribed() -> int:
-            return int(metrics(url).get("feedsvc_feed_subscribers", 0))
+            return sum(per_worker().values())
 
         time.sleep(1.0)
         rss_before = rss_kb(api)
@@ -87,6 +99,7 @@ def run(opts: Options, stacks: Stacks | None = None) -> Idle:
         except Timeout as exc:
             say(f"idle: {exc}; {subscribed()} subscribed")
         held = subscribed()
+        held_per_worker = sorted(n for n in per_worker().values() if n)
         time.sleep(3.0)
         grown = rss_kb(api) - rss_before
         say(f"idle: {held} held; heartbeats for {opts.heartbeat_window_s:g}s")
@@ -119,6 +132,10 @@ def run(opts: Options, stacks: Stacks | None = None) -> Idle:
             "post_statuses": poster.statuses(),
             "subscribed_after_posts": still,
             "client_processes": opts.client_procs,
-            "processes": "1 api, 1 writer, changefeed stand-in, PostgreSQL, 1 Kafka broker",
+            "held_per_worker": held_per_worker,
+            "connections": "established /feed connections held by the api's processes "
+            "(/proc), every worker together",
+            "processes": f"1 api ({len(held_per_worker)} worker(s) holding streams), 1 writer, "
+            "changefeed stand-in, PostgreSQL, 1 Kafka broker",
         },
     )

@@ -32,14 +32,21 @@ class Options:
     baseline_seconds: float = 20.0
     rate: int = 0
     connections: int = 64
+    workers: int = 0
+    """FEED_API_WORKERS for the api; 0: its default, one per core."""
 
     @classmethod
     def make(
-        cls, quick: bool, seconds: float | None = None, rate: int = 0, connections: int = 64
+        cls,
+        quick: bool,
+        seconds: float | None = None,
+        rate: int = 0,
+        connections: int = 64,
+        workers: int = 0,
     ) -> Options:
         """The defaults, shortened by `quick`, with the command line's choices."""
         base = cls(seconds=10.0, baseline_seconds=5.0) if quick else cls()
-        return cls(seconds or base.seconds, base.baseline_seconds, rate, connections)
+        return cls(seconds or base.seconds, base.baseline_seconds, rate, connections, workers)
 
 
 def run(opts: Options, stacks: Stacks | None = None) -> Ingest:
@@ -47,7 +54,8 @@ def run(opts: Options, stacks: Stacks | None = None) -> Ingest:
     workdir = Path(tempfile.mkdtemp(prefix="feedsvc-bench-"))
     shared = stacks is not None and stacks.shared
     try:
-        with (stacks or Stacks()).get(("writer", "api")) as stack:
+        env = {"FEED_API_WORKERS": str(opts.workers)} if opts.workers else None
+        with (stacks or Stacks()).get(("writer", "api"), env) as stack:
             load_before = loadavg()
             say(f"ingest: baseline, bare Litestar handler for {opts.baseline_seconds:g}s")
             with baseline_server("baseline_ingest", workdir) as (server, url):
@@ -103,6 +111,7 @@ def run(opts: Options, stacks: Stacks | None = None) -> Ingest:
             "stored_unacknowledged": new_rows - len(accepted_set & stored_set),
             "stored_per_s": "stored rows over max(load, load start to the last row stored)",
             "load_generator": "wrk, 1 thread (same machine)",
+            "api_workers": opts.workers or "one per core",
             "processes": "1 api, 1 writer, PostgreSQL, 1 Kafka broker; "
             + (
                 "changefeed stand-in (one stack shared by every scenario)"

@@ -47,8 +47,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Where a writer serves `/metrics` (on `host`); 0, the default, serves none, so
     several writers on one machine never fight over a port."""
 
-    max_inflight: Positive = 2000
-    """POSTs waiting on Kafka at once; one more gets 429 at once rather than a queue."""
+    api_workers: NonNegative = 0
+    """api worker processes sharing the port, each with its own event loop, Kafka producer,
+    relay and database pool: one event loop uses one core. 0 means one per core."""
+
+    max_inflight: Positive = 128
+    """POSTs waiting on Kafka at once, per api worker; one more gets 429 at once rather than a
+    queue. Small, because an admitted POST waits behind all the others (Little's law): 128
+    at 100 acknowledged/s is 1.3 s, well inside FEED_KAFKA_TIMEOUT_S; more only turns 429s
+    into 503s."""
 
     max_backlog: Positive = 100_000
     """Records the writer may lag behind before POST answers 429 (about 20 s of writing)."""
@@ -145,6 +152,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 f"{PREFIX}TOPIC_REPLICATION_FACTOR={self.topic_replication_factor}: "
                 "no send could ever be acknowledged"
             )
+        if self.api_workers < 0:
+            raise ValueError(f"{PREFIX}API_WORKERS must be 0 (one per core) or more")
         if self.submitted_retention_ms < 1 and self.submitted_retention_ms != -1:
             raise ValueError(f"{PREFIX}SUBMITTED_RETENTION_MS must be positive, or -1 (forever)")
         for origin in self.cors_origin_list:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
+import queue
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,3 +54,56 @@ def configure_logging(level: str, role: str) -> None:
     # aiokafka logs every failed reconnect at ERROR while a broker is down; we report
     # outages ourselves, once, with what they mean for clients.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+
+
+class _Enqueue(logging.handlers.QueueHandler):
+    """Hands records to the writer thread as they are; drops them when its queue is full."""
+
+    def __init__(self, records: queue.Queue[logging.LogRecord]) -> None:
+        super().__init__(records)
+        self.dropped = 0
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        # Formatted by the writer thread's handler, `extra=` fields and traceback included.
+        return record
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+
+class _Writer(logging.handlers.QueueListener):
+    def enqueue_sentinel(self) -> None:
+        # Waits for room: the stop marker must get in even behind a full queue.
+        self.queue.put(self._sentinel)  # type: ignore[attr-defined]
+
+
+@contextmanager
+def written_by_a_thread(capacity: int = 100_000) -> Iterator[None]:
+    """While open, log records are formatted and written by a thread of their own.
+
+    Note: a write to stderr blocks when its reader (a log file on a busy disk, Docker's
+    log driver) is slow, and on the event loop's thread it stalls every request; under
+    load the access log's write was about half of the api's answering capacity. The
+    queue is bounded: when the writer falls `capacity` lines behind, lines are dropped
+    and counted (logged when the block ends), never queued without bound. Start it in
+    the process that logs (a thread does not survive fork).
+    """
+    root = logging.getLogger()
+    handlers = root.handlers[:]
+    records: queue.Queue[logging.LogRecord] = queue.Queue(capacity)
+    enqueue = _Enqueue(records)
+    listener = _Writer(records, *handlers, respect_handler_level=True)
+    listener.start()
+    root.handlers = [enqueue]
+    try:
+        yield
+    finally:
+        root.handlers = handlers
+        listener.stop()  # writes what is queued first
+        if enqueue.dropped:
+            logging.getLogger("feedsvc").warning(
+                "log lines dropped: the log writer fell behind", extra={"dropped": enqueue.dropped}
+            )

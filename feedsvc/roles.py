@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
+import os
 import signal
 import socket
+import tempfile
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 import anyio
@@ -18,25 +23,80 @@ from feedsvc.http.app import ApiParts, create_app
 from feedsvc.http.submit import Submitter
 from feedsvc.ingest.deadletters import DeadLetters
 from feedsvc.ingest.writer import Writer
+from feedsvc.logs import written_by_a_thread
 from feedsvc.messages import FEED_RESTART_KEY, FeedRestart, encode_feed_restart
-from feedsvc.metrics import Metrics
+from feedsvc.metrics import Metrics, multiprocess_dir, prepare_multiprocess, worker_exited
 from feedsvc.metrics.families import resolved_lag_s
 from feedsvc.relay.fanout import Fanout
 from feedsvc.relay.reader import CommittedReader
 from feedsvc.store import MessageStore, open_pool
+from feedsvc.workers import Supervisor, listener, reserve_port, worker_count
 
 log = logging.getLogger("feedsvc")
 
 
 def run(role: str, settings: Settings) -> int:
     """Run a role on the event loop; returns the process exit code."""
-    main = {"api": api, "writer": writer, "setup": setup}[role]
+    if role == "api":
+        return serve_api(settings)
+    main = {"writer": writer, "setup": setup}[role]
     anyio.run(main, settings, backend_options={"use_uvloop": True})
     return 0
 
 
-async def api(settings: Settings) -> None:
-    """Serve HTTP until SIGTERM, then let open requests finish within the grace period."""
+def serve_api(settings: Settings) -> int:
+    """The api: one process, or `FEED_API_WORKERS` worker processes sharing the port.
+
+    Note: each worker is a whole api (workers.py); every limit of the api's settings
+    (in-flight posts, feed streams, the database pool) is per worker.
+    """
+    count = worker_count(settings.api_workers)
+    if count == 1:
+
+        def listen() -> socket.socket:
+            return listener(settings.host, settings.port, settings.socket_sndbuf, reuse_port=False)
+
+        with written_by_a_thread():
+            anyio.run(api, settings, listen, backend_options={"use_uvloop": True})
+        return 0
+    reserved = reserve_port(settings.host, settings.port)
+    port = reserved.getsockname()[1]
+
+    def work(slot: int) -> int:
+        reserved.close()
+
+        def listen() -> socket.socket:
+            return listener(settings.host, port, settings.socket_sndbuf, reuse_port=True)
+
+        with written_by_a_thread():
+            anyio.run(api, settings, listen, backend_options={"use_uvloop": True})
+        return 0
+
+    # Before the first fork, so /metrics on any worker sums every worker's series; a dead
+    # worker's gauges are dropped (README, Metrics). An operator's directory is used as
+    # given; else one of our own, removed at exit.
+    with reserved, _metrics_dir() as shared:
+        prepare_multiprocess(shared)
+        log.info("api starting workers", extra={"workers": count, "port": port})
+        return Supervisor(count, work, on_death=worker_exited).run()
+
+
+@contextlib.contextmanager
+def _metrics_dir() -> Iterator[str]:
+    given = multiprocess_dir()
+    if given is not None:
+        yield given
+        return
+    with tempfile.TemporaryDirectory(prefix="feedsvc-metrics-") as own:
+        yield own
+
+
+async def api(settings: Settings, listen: Callable[[], socket.socket]) -> None:
+    """Serve HTTP until SIGTERM, then let open requests finish within the grace period.
+
+    Note: `listen` is called once everything is open and the feed has caught up, so a
+    worker takes connections only when it can serve them.
+    """
     metrics = Metrics()
     admission = Admission(settings.max_inflight, settings.max_backlog)
     async with (
@@ -48,14 +108,16 @@ async def api(settings: Settings) -> None:
     ):
         progress = kafka.WriterProgress(admin_client, offsets)
         tasks.start_soon(admission.watch_backlog, progress, settings.backlog_refresh_s)
+        tasks.start_soon(admission.watch_loop)
         reader = CommittedReader(settings)
         fanout: Fanout = await tasks.start(reader.run)
         _feed_metrics(metrics, reader, fanout)
         tasks.start_soon(metrics.refresh_every)
+        store = MessageStore(pool)
         parts = ApiParts(
             settings=settings,
-            store=MessageStore(pool),
-            submitter=Submitter(producer, admission, metrics, settings.kafka_timeout_s),
+            store=store,
+            submitter=Submitter(producer, admission, metrics, settings.kafka_timeout_s, store),
             admission=admission,
             metrics=metrics,
             reader=reader,
@@ -77,10 +139,16 @@ async def api(settings: Settings) -> None:
         # uvicorn re-raises the signal it caught once it has shut down; a no-op
         # handler lets our own `async with` blocks close Kafka and the pool after it.
         signal.signal(signal.SIGTERM, lambda *_: None)
-        log.info("api listening", extra={"url": f"http://{settings.host}:{settings.port}"})
-        await server.serve(sockets=[_listen(settings)])
+        # Everything opened so far lives as long as the process: out of the collector's
+        # sight, a full collection no longer walks it (seconds on a loaded machine).
+        # https://docs.python.org/3/library/gc.html#gc.freeze
+        gc.freeze()
+        sock = listen()
+        url = f"http://{settings.host}:{sock.getsockname()[1]}"
+        log.info("api listening", extra={"url": url, "pid": os.getpid()})
+        await server.serve(sockets=[sock])
         tasks.cancel_scope.cancel()
-    log.info("api stopped")
+    log.info("api stopped", extra={"pid": os.getpid()})
 
 
 class _Server(uvicorn.Server):
@@ -95,21 +163,6 @@ class _Server(uvicorn.Server):
         # Runs in the signal handler, between two steps of the event loop's thread;
         # closing only sets flags and wakes waiters.
         self.fanout.close()
-
-
-def _listen(settings: Settings) -> socket.socket:
-    """The api's listening socket; accepted connections inherit its send buffer size.
-
-    Note: a feed client that stops reading is detected only once our writes to it
-    block, i.e. once its socket's send buffer is full; a fixed buffer (instead of
-    autotuning up to 4 MiB) makes that prompt and bounds the memory it pins.
-    """
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.create_server((settings.host, settings.port), family=family, backlog=2048)
-    if settings.socket_sndbuf:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.socket_sndbuf)
-    sock.set_inheritable(True)
-    return sock
 
 
 def _feed_metrics(metrics: Metrics, reader: CommittedReader, fanout: Fanout) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -37,9 +38,12 @@ class Admission:
     event loop, and nothing awaits between a check and its update.
     """
 
-    def __init__(self, max_inflight: int, max_backlog: int) -> None:
+    def __init__(self, max_inflight: int, max_backlog: int, max_loop_lag_s: float = 0.2) -> None:
         self.max_inflight = max_inflight
         self.max_backlog = max_backlog
+        self.max_loop_lag_s = max_loop_lag_s
+        self.loop_lag_s = 0.0
+        """How late the event loop last ran a timer: how long anything ready waits its turn."""
         self.inflight = 0
         self.backlog: int | None = None
         self.drain_per_s = 0.0
@@ -49,12 +53,29 @@ class Admission:
 
     def check(self) -> None:
         """Raise `Refusal` if a new message must be turned away now."""
+        refusal = self.refusal()
+        if refusal is not None:
+            raise refusal
+
+    def refusal(self) -> Refusal | None:
+        """Why a new message must be turned away now, or None when it may come in."""
         if self.inflight >= self.max_inflight:
-            raise Refusal(429, "too many messages in flight", 1)
+            return Refusal(429, "too many messages in flight", 1)
         if self.backlog is not None and self.backlog > self.max_backlog:
-            raise Refusal(429, "the writer is behind", self.backlog_retry_after())
+            return Refusal(429, "the writer is behind", self.backlog_retry_after())
         if not self.kafka_reachable:
-            raise Refusal(503, "Kafka is unavailable", 2)
+            return Refusal(503, "Kafka is unavailable", 2)
+        return None
+
+    @property
+    def overloaded(self) -> bool:
+        """The event loop runs late: the api has more to do than its core can do.
+
+        Note: not a reason to refuse a POST. Under overload most of the loop's work is
+        refusing (ShedPosts), so refusing on lag as well starved the posts it could
+        take (0 accepted in a trial) without making a refusal faster.
+        """
+        return self.loop_lag_s > self.max_loop_lag_s
 
     def backlog_retry_after(self) -> int:
         """Seconds until the backlog, draining at the rate last seen, is under its limit."""
@@ -85,6 +106,21 @@ class Admission:
             self.kafka_reachable = True
             log.info("kafka reachable again")
 
+    async def watch_loop(self, every_s: float = 0.1) -> None:
+        """Keep `loop_lag_s` current until cancelled.
+
+        Note: a saturated loop makes every wait late, Kafka's acknowledgements and
+        lag reads included; such a timeout says nothing about Kafka, and must not turn
+        every POST into a 503 "Kafka is unavailable". The lag rises at once and falls
+        over a few rounds.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + every_s
+            await asyncio.sleep(every_s)
+            late = max(loop.time() - due, 0.0)
+            self.loop_lag_s = max(late, 0.7 * self.loop_lag_s + 0.3 * late)
+
     async def watch_backlog(self, read_lag: LagReader, every_s: float) -> None:
         """Keep `backlog` and `drain_per_s` current until cancelled.
 
@@ -101,7 +137,8 @@ class Admission:
                 self.kafka_ok()
             except Exception as exc:
                 log.debug("backlog read failed", extra={"error": repr(exc)})
-                self.kafka_failed()
+                if not (isinstance(exc, TimeoutError) and self.overloaded):
+                    self.kafka_failed()
             else:
                 now = time.monotonic()
                 self.kafka_ok()

@@ -14,6 +14,7 @@ from feedsvc.http import contract, feed, health, methods, pages, reads, submit
 from feedsvc.http.access import AccessLog
 from feedsvc.http.admission import Admission
 from feedsvc.http.errors import exception_handlers
+from feedsvc.http.shedding import ShedPosts
 from feedsvc.http.submit import Submitter
 from feedsvc.metrics import Metrics
 from feedsvc.relay.fanout import Fanout
@@ -77,6 +78,9 @@ def create_app(parts: ApiParts) -> Litestar:
     )
     # Around Litestar's whole handler (its exception and CORS layers included), so requests
     # no route matches are logged too; the `middleware=` option wraps matched routes only.
-    # HEAD inside the access log, so a HEAD is logged as HEAD.
-    app.asgi_handler = AccessLog(methods.HeadAndAllow(app.asgi_handler), parts.metrics.http)
+    # HEAD inside the access log, so a HEAD is logged as HEAD; refusals under overload skip
+    # the framework, but not the access log (http/shedding.py).
+    heads = methods.HeadAndAllow(app.asgi_handler)
+    shed = ShedPosts(heads, parts.admission, parts.metrics, cors=bool(origins))
+    app.asgi_handler = AccessLog(shed, parts.metrics.http)
     return app

@@ -84,6 +84,13 @@ class PostMetrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        self.event_loop_lag = Gauge(
+            "feedsvc_event_loop_lag_seconds",
+            "How late the api's event loop runs timers: how long ready work waits its turn "
+            "(the latest of the workers).",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
         self.writer_backlog = Gauge(
             "feedsvc_writer_backlog",
             "Records the writer has not stored yet (each worker polls it; the highest).",

@@ -33,6 +33,9 @@ FAST = {
     "FEED_DB_TIMEOUT_S": "3",
     "FEED_SHUTDOWN_GRACE_S": "3",
     "FEED_LOG_LEVEL": "INFO",
+    # One api process: tests read its /metrics and signal its pid; two workers would each
+    # answer for themselves. tests/e2e/test_workers.py runs two.
+    "FEED_API_WORKERS": "1",
     # The changefeed is at-least-once: the stand-in repeats a row now and then, so every
     # feed test also checks that repeats never reach a client.
     "STANDIN_DUPLICATE_EVERY": "5",

@@ -101,3 +101,45 @@ async def test_lag_unknown_is_not_a_kafka_failure() -> None:
     admission.kafka_failed()
     admission.check()  # one failure after the LagUnknowns is still only one
     assert admission.backlog == 5
+
+
+async def test_watch_loop_sees_a_blocked_loop() -> None:
+    """A loop blocked for 0.4 s shows as lag above 0.2 s (overloaded), and it falls again."""
+    import time
+
+    admission = Admission(max_inflight=10, max_backlog=10)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(admission.watch_loop, 0.01)
+        await anyio.sleep(0.05)
+        assert not admission.overloaded
+        time.sleep(0.4)  # noqa: ASYNC251 (the point: the whole loop stalls, as under a flood)
+        seen = 0.0
+        for _ in range(5):
+            await anyio.sleep(0.005)
+            seen = max(seen, admission.loop_lag_s)
+        assert seen > admission.max_loop_lag_s, seen
+        for _ in range(200):
+            await anyio.sleep(0.02)
+            if not admission.overloaded:
+                break
+        assert not admission.overloaded, admission.loop_lag_s
+        tg.cancel_scope.cancel()
+
+
+async def test_a_late_lag_read_while_overloaded_is_no_kafka_failure() -> None:
+    """Lag reads timing out while the loop runs late leave Kafka reachable; other failures
+    still count."""
+    admission = Admission(max_inflight=10, max_backlog=10)
+    admission.loop_lag_s = 1.0
+    failure: Exception = TimeoutError()
+
+    async def read() -> tuple[int, int]:
+        raise failure
+
+    for expected in (True, False):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(admission.watch_backlog, read, 0.01)
+            await anyio.sleep(0.1)
+            tg.cancel_scope.cancel()
+        assert admission.kafka_reachable is expected
+        failure = OSError("connection refused")

@@ -30,12 +30,13 @@ class Api:
     timeout_s: float = 1.0
 
     def app(self) -> Litestar:
-        submitter = Submitter(self.producer, self.admission, self.metrics, self.timeout_s)
+        submitter = Submitter(
+            self.producer, self.admission, self.metrics, self.timeout_s, keys=self.keys
+        )
         return Litestar(
             [post_message],
             dependencies={
                 "submitter": Provide(lambda: submitter, sync_to_thread=False),
-                "store": Provide(lambda: self.keys, sync_to_thread=False),
             },
         )
 

@@ -1,0 +1,67 @@
+"""Log lines are written by a thread of their own while the api serves, none lost but by count."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from feedsvc.logs import JsonFormatter, written_by_a_thread
+
+
+class Slow(logging.Handler):
+    """Records the thread each line is written on; blocks until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[tuple[str, str]] = []
+        self.go = threading.Event()
+        self.busy = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.busy.set()
+        self.go.wait(10)
+        self.lines.append((threading.current_thread().name, self.format(record)))
+
+
+@pytest.fixture
+def slow() -> Iterator[Slow]:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    handler = Slow()
+    handler.setFormatter(JsonFormatter())
+    root.handlers, root.level = [handler], logging.INFO
+    try:
+        yield handler
+    finally:
+        root.handlers, root.level = saved
+
+
+def test_a_blocked_writer_does_not_block_the_logger(slow: Slow) -> None:
+    """Logging returns at once while the write blocks; the line is written later, off the
+    caller's thread, with its `extra=` fields."""
+    log = logging.getLogger("tests.unit.test_logs")  # no other test configures it
+    with written_by_a_thread():
+        log.info("request", extra={"status": 202})  # would block here for 10 s if inline
+        assert slow.lines == []
+        slow.go.set()
+    ((thread, line),) = slow.lines
+    assert thread != threading.current_thread().name
+    assert json.loads(line)["status"] == 202
+
+
+def test_lines_beyond_the_queue_are_dropped_and_counted(slow: Slow) -> None:
+    """With the writer stuck and the queue full, further lines are dropped, then reported."""
+    log = logging.getLogger("tests.unit.test_logs")  # no other test configures it
+    with written_by_a_thread(capacity=3):
+        log.info("request", extra={"n": 0})
+        assert slow.busy.wait(10)  # the writer holds line 0; the queue takes 3 more
+        for i in range(1, 10):
+            log.info("request", extra={"n": i})
+        slow.go.set()
+    written = [json.loads(line) for _, line in slow.lines]
+    assert [w["n"] for w in written if "n" in w] == [0, 1, 2, 3]
+    assert written[-1]["msg"].startswith("log lines dropped") and written[-1]["dropped"] == 6

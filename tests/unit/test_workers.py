@@ -1,0 +1,147 @@
+"""The api's worker supervisor: restarts a dead worker, stops on a crash loop or a signal.
+
+Each test runs the supervisor in a process of its own (it installs signal handlers and
+forks), with workers that only write their pid to a directory and sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from feedsvc.workers import listener, reserve_port, worker_count
+
+# `work` writes <dir>/<pid> and runs MODE: "sleep" until SIGTERM (then exits 0), "crash"
+# at once (exit 3).
+SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    from pathlib import Path
+    from feedsvc.workers import Supervisor
+
+    folder, mode = Path(sys.argv[1]), sys.argv[2]
+
+    def work(slot: int) -> int:
+        (folder / str(os.getpid())).write_text(str(slot))
+        if mode == "crash":
+            return 3
+        stop = []
+        signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+        while not stop:
+            time.sleep(0.05)
+        (folder / f"{os.getpid()}.stopped").write_text("")
+        return 0
+
+    sys.exit(Supervisor(2, work, max_deaths=3, window_s=30, restart_delay_s=0.1).run())
+    """
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def _wait(check: Callable[[], bool], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def _started(folder: Path) -> list[int]:
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+
+
+@contextmanager
+def supervisor(tmp_path: Path, mode: str) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path), mode])
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_sigterm_stops_every_worker_gracefully(tmp_path: Path) -> None:
+    """SIGTERM to the supervisor reaches each worker, which finishes; the supervisor exits 0."""
+    with supervisor(tmp_path, "sleep") as proc:
+        _wait(lambda: len(_started(tmp_path)) == 2, 30, "two workers")
+        workers = _started(tmp_path)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        for pid in workers:
+            assert (tmp_path / f"{pid}.stopped").exists()
+            assert not _alive(pid)
+
+
+def test_a_killed_worker_is_replaced(tmp_path: Path) -> None:
+    """A worker that dies (SIGKILL) is forked again in its slot; the others keep running."""
+    with supervisor(tmp_path, "sleep") as proc:
+        _wait(lambda: len(_started(tmp_path)) == 2, 30, "two workers")
+        first, second = _started(tmp_path)
+        os.kill(first, signal.SIGKILL)
+        _wait(lambda: len(_started(tmp_path)) == 3, 30, "a replacement worker")
+        replacement = next(p for p in _started(tmp_path) if p not in (first, second))
+        assert (tmp_path / str(replacement)).read_text() == (tmp_path / str(first)).read_text()
+        assert _alive(second) and _alive(replacement) and proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+
+
+def test_a_crash_loop_brings_the_role_down(tmp_path: Path) -> None:
+    """Workers that keep dying stop the supervisor with exit code 1 instead of looping."""
+    with supervisor(tmp_path, "crash") as proc:
+        assert proc.wait(60) == 1
+        # Two, then one fork after each of the 3 deaths tolerated; the 4th stops it all.
+        assert len(_started(tmp_path)) == 5
+
+
+def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    """SIGKILL of the supervisor leaves no worker running on its own (PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux only")
+    with supervisor(tmp_path, "sleep") as proc:
+        _wait(lambda: len(_started(tmp_path)) == 2, 30, "two workers")
+        workers = _started(tmp_path)
+        proc.kill()
+        proc.wait(10)
+        _wait(lambda: not any(_alive(p) for p in workers), 30, "the workers to stop")
+        for pid in workers:
+            assert (tmp_path / f"{pid}.stopped").exists()  # SIGTERM: they finished
+
+
+def test_reuse_port_listeners_share_one_port() -> None:
+    """Workers' listeners bind one port beside the reservation, which takes no connection."""
+    reserved = reserve_port("127.0.0.1", 0)
+    port = reserved.getsockname()[1]
+    first = listener("127.0.0.1", port, 0, reuse_port=True)
+    second = listener("127.0.0.1", port, 0, reuse_port=True)
+    try:
+        assert first.getsockname()[1] == second.getsockname()[1] == port
+        with pytest.raises(OSError):  # another program cannot take the port meanwhile
+            socket.create_server(("127.0.0.1", port))
+    finally:
+        for sock in (first, second, reserved):
+            sock.close()
+
+
+def test_worker_count_defaults_to_the_cores() -> None:
+    """0 means one worker per core this process may run on; a number is taken as it is."""
+    assert worker_count(0) == len(os.sched_getaffinity(0))
+    assert worker_count(3) == 3
