@@ -137,6 +137,24 @@ def port_open(port: int) -> bool:
         return False
 
 
+def listeners(port: int) -> int:
+    """How many sockets listen on TCP `port` (any address, IPv4 or IPv6), from /proc/net.
+
+    Note: an api worker binds its listening socket only once it is ready to serve
+    (`feedsvc.workers`), so this counts the ready workers; the supervisor's reservation
+    of the port is bound but not listening, and is not counted.
+    """
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                # local is HEXADDR:HEXPORT; state 0A is TCP_LISTEN (include/net/tcp_states.h).
+                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                    count += 1
+    return count
+
+
 class Service:
     """A child process in its own process group, output appended to `log_path`."""
 

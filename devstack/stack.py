@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from devstack.kafka import KafkaBroker
+from devstack.poll import wait_until
 from devstack.postgres import Postgres
-from devstack.procs import REPO, Service, StackError, free_port
+from devstack.procs import REPO, Service, StackError, free_port, listeners
+from feedsvc.workers import worker_count
 
 DEFAULT_ROOT = REPO / ".local-stack"
 """Where `scripts/local-stack` keeps its state, data and logs unless LOCAL_STACK_DIR says."""
@@ -214,7 +216,17 @@ class Stack:
         self.state["pids"][role] = svc.pid
         self._save_state()
         if role == "api":
+            began = time.monotonic()
             svc.wait_http_ok(f"{self.api_url}/health/ready", ready_within)
+            # Ready is one worker's answer: wait for every worker to listen, so that load
+            # started now is spread over all of them.
+            workers = worker_count(int(self.env().get("FEED_API_WORKERS") or 0))
+            port = self.state["ports"]["api"]
+            wait_until(
+                lambda: listeners(port) >= workers or not svc.running,
+                max(1.0, ready_within - (time.monotonic() - began)),
+                f"{workers} api workers listening on port {port}",
+            )
         return svc
 
     def _down(self) -> None:

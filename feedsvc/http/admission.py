@@ -72,7 +72,7 @@ class Admission:
         """The event loop runs late: the api has more to do than its core can do.
 
         Note: not a reason to refuse a POST. Under overload most of the loop's work is
-        refusing (ShedPosts), so refusing on lag as well starved the posts it could
+        refusing (PostsAtTheDoor), so refusing on lag as well starved the posts it could
         take (0 accepted in a trial) without making a refusal faster.
         """
         return self.loop_lag_s > self.max_loop_lag_s

@@ -13,8 +13,8 @@ from feedsvc.config import Settings
 from feedsvc.http import contract, feed, health, methods, pages, reads, submit
 from feedsvc.http.access import AccessLog
 from feedsvc.http.admission import Admission
+from feedsvc.http.door import PostsAtTheDoor
 from feedsvc.http.errors import exception_handlers
-from feedsvc.http.shedding import ShedPosts
 from feedsvc.http.submit import Submitter
 from feedsvc.metrics import Metrics
 from feedsvc.relay.fanout import Fanout
@@ -78,9 +78,9 @@ def create_app(parts: ApiParts) -> Litestar:
     )
     # Around Litestar's whole handler (its exception and CORS layers included), so requests
     # no route matches are logged too; the `middleware=` option wraps matched routes only.
-    # HEAD inside the access log, so a HEAD is logged as HEAD; refusals under overload skip
-    # the framework, but not the access log (http/shedding.py).
+    # HEAD inside the access log, so a HEAD is logged as HEAD; posts skip the framework,
+    # but not the access log (http/door.py).
     heads = methods.HeadAndAllow(app.asgi_handler)
-    shed = ShedPosts(heads, parts.admission, parts.metrics, cors=bool(origins))
-    app.asgi_handler = AccessLog(shed, parts.metrics.http)
+    door = PostsAtTheDoor(heads, parts.submitter, cors=bool(origins))
+    app.asgi_handler = AccessLog(door, parts.metrics.http)
     return app

@@ -37,10 +37,17 @@ def problem(
     """An error response; `Retry-After` when the client should come back later."""
     if retry_after_s is not None:
         headers = {**(headers or {}), "Retry-After": str(retry_after_s)}
-    body = Problem(error=_NAMES.get(status, "error"), detail=detail, field=field)
     return Response(
-        encode(body), status_code=status, media_type="application/json", headers=headers
+        problem_body(status, detail, field),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
     )
+
+
+def problem_body(status: int, detail: str, field: str | None = None) -> bytes:
+    """The JSON body of an error response (`Problem`)."""
+    return encode(Problem(error=_NAMES.get(status, "error"), detail=detail, field=field))
 
 
 def http_exception_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:

@@ -6,16 +6,18 @@ import asyncio
 import logging
 import re
 import uuid
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import psycopg
 from aiokafka.errors import KafkaError
 from litestar import Request, Response, post
 from litestar.di import NamedDependency
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 
 from feedsvc.http.admission import Refusal
 from feedsvc.http.contract import SUBMIT_RESPONSES, SubmitOperation
-from feedsvc.http.errors import problem
+from feedsvc.http.errors import problem_body
 from feedsvc.http.idempotency import Earlier, KeyLedger, KeyReused
 from feedsvc.kafka import SUBMITTED
 from feedsvc.messages import (
@@ -58,6 +60,10 @@ class Gate(Protocol):
     @property
     def overloaded(self) -> bool:
         """True while the event loop is so late that a timeout says nothing of Kafka."""
+        ...
+
+    def refusal(self) -> Refusal | None:
+        """Why a new message must be turned away now, or None when it may come in."""
         ...
 
     def check(self) -> None:
@@ -222,6 +228,72 @@ def _is_json(content_type: str) -> bool:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An answer to `POST /messages`, whichever layer writes it (the handler below, or
+    `http.door` without the framework): a JSON body, its status and extra headers."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def problem(
+        cls, status: int, detail: str, field: str | None = None, retry_after_s: int | None = None
+    ) -> Answer:
+        """An error answer (`Problem`), with `Retry-After` when the client should come back."""
+        headers = () if retry_after_s is None else (("Retry-After", str(retry_after_s)),)
+        return cls(status, problem_body(status, detail, field), headers)
+
+    def response(self) -> Response[bytes]:
+        """As a Litestar response."""
+        return Response(
+            self.body,
+            status_code=self.status,
+            media_type="application/json",
+            headers=dict(self.headers),
+        )
+
+
+TOO_LARGE = Answer.problem(413, f"the body is over {MAX_BODY_BYTES} bytes")
+"""The answer to a body over `MAX_BODY_BYTES` (found before or while reading it)."""
+
+
+def screen(content_type: str, key: str | None) -> Answer | None:
+    """The answer to a post refused on its headers alone (415, 400), or None to go on."""
+    if not _is_json(content_type):
+        return Answer.problem(415, "Content-Type must be application/json", "content-type")
+    if key is not None and not _IDEMPOTENCY_KEY.match(key):
+        return Answer.problem(
+            400, "Idempotency-Key must be 1-255 printable ASCII characters", "idempotency-key"
+        )
+    return None
+
+
+async def accept(submitter: Submitter, body: bytes, key: str | None, deadline: float) -> Answer:
+    """Decode `body`, admit and send it: 202 once Kafka has it, else 400, 422, 429 or 503."""
+    try:
+        submission = decode_submission(body)
+    except InvalidSubmission as exc:
+        submitter.posts.refused.labels("400", "invalid").inc()
+        return Answer.problem(400, exc.detail, exc.field)
+    try:
+        message = await submitter.submit(
+            new_message(submission, key), deadline, submitter.keys if key is not None else None
+        )
+    except Refusal as refusal:
+        submitter.posts.refused.labels(str(refusal.status), refusal.reason).inc()
+        return Answer.problem(refusal.status, refusal.reason, retry_after_s=refusal.retry_after_s)
+    except KeyReused as exc:
+        submitter.posts.refused.labels("422", "key reused").inc()
+        return Answer.problem(422, str(exc), "idempotency-key")
+    submitter.posts.accepted.inc()
+    accepted = Accepted(
+        id=message.id, author=message.author, text=message.text, created_at=message.created_at
+    )
+    return Answer(202, encode(accepted), (("Location", f"/messages/{message.id}"),))
+
+
 @post(
     "/messages",
     request_max_body_size=MAX_BODY_BYTES,
@@ -237,38 +309,18 @@ async def post_message(
 
     Note: the answer comes within `FEED_KAFKA_TIMEOUT_S` of the request's arrival. One
     dependency only (the submitter carries the key store): Litestar resolves two or more
-    in a task group of their own, per request (~10% of a post's CPU).
+    in a task group of their own, per request (~10% of a post's CPU). Most posts never
+    get here: `http.door` answers them without the framework, with the same `screen`
+    and `accept`; this handler serves the rest (cross-origin posts when CORS is on) and
+    documents the operation.
     """
     deadline = submitter.deadline()
-    if not _is_json(request.headers.get("content-type", "")):
-        return problem(415, "Content-Type must be application/json", "content-type")
     key = request.headers.get("idempotency-key")
-    if key is not None and not _IDEMPOTENCY_KEY.match(key):
-        return problem(
-            400, "Idempotency-Key must be 1-255 printable ASCII characters", "idempotency-key"
-        )
-    try:
-        submission = decode_submission(await request.body())
-    except InvalidSubmission as exc:
-        submitter.posts.refused.labels("400", "invalid").inc()
-        return problem(400, exc.detail, exc.field)
-    try:
-        message = await submitter.submit(
-            new_message(submission, key), deadline, submitter.keys if key is not None else None
-        )
-    except Refusal as refusal:
-        submitter.posts.refused.labels(str(refusal.status), refusal.reason).inc()
-        return problem(refusal.status, refusal.reason, retry_after_s=refusal.retry_after_s)
-    except KeyReused as exc:
-        submitter.posts.refused.labels("422", "key reused").inc()
-        return problem(422, str(exc), "idempotency-key")
-    submitter.posts.accepted.inc()
-    body = Accepted(
-        id=message.id, author=message.author, text=message.text, created_at=message.created_at
-    )
-    return Response(
-        encode(body),
-        status_code=202,
-        media_type="application/json",
-        headers={"Location": f"/messages/{message.id}"},
-    )
+    answer = screen(request.headers.get("content-type", ""), key)
+    if answer is None:
+        try:
+            body = await request.body()
+        except RequestEntityTooLarge:
+            return TOO_LARGE.response()
+        answer = await accept(submitter, body, key, deadline)
+    return answer.response()

@@ -20,6 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from devstack import Stack
+from devstack.procs import pid_alive
 from tests.support import SseReader, native_only, stored_ids, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack, native_only]
@@ -42,14 +43,6 @@ def _children(pid: int) -> list[int]:
         if fields[0] != "Z" and int(fields[1]) == pid:
             found.append(int(entry.name))
     return sorted(found)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
 
 
 def _sockets(port: int) -> dict[int, tuple[str, int]]:
@@ -224,7 +217,7 @@ async def test_a_killed_worker_is_replaced_and_sigterm_stops_all(make_stack: Mak
     assert status == 0, api.log_tail()
     assert time.monotonic() - began < 15  # FEED_SHUTDOWN_GRACE_S is 3 in tests
     for pid in workers:
-        assert not _alive(pid)
+        assert not pid_alive(pid)
     await wait_for(
         lambda: stored_ids(stack, author), lambda ids: set(ids) >= set(accepted), 60, "stored"
     )

@@ -12,13 +12,14 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from devstack.poll import wait_until
+from devstack.procs import pid_alive
 from feedsvc.workers import listener, reserve_port, worker_count
 
 # `work` writes <dir>/<pid> and runs MODE: "sleep" until SIGTERM (then exits 0), "crash"
@@ -47,22 +48,6 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
-
-
-def _wait(check: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        time.sleep(0.05)
-
-
 def _started(folder: Path) -> list[int]:
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
 
@@ -84,25 +69,25 @@ def supervisor(tmp_path: Path, mode: str) -> Iterator[subprocess.Popen[str]]:
 def test_sigterm_stops_every_worker_gracefully(tmp_path: Path) -> None:
     """SIGTERM to the supervisor reaches each worker, which finishes; the supervisor exits 0."""
     with supervisor(tmp_path, "sleep") as proc:
-        _wait(lambda: len(_started(tmp_path)) == 2, 30, "two workers")
+        wait_until(lambda: len(_started(tmp_path)) == 2, 30, "two workers")
         workers = _started(tmp_path)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
         for pid in workers:
             assert (tmp_path / f"{pid}.stopped").exists()
-            assert not _alive(pid)
+            assert not pid_alive(pid)
 
 
 def test_a_killed_worker_is_replaced(tmp_path: Path) -> None:
     """A worker that dies (SIGKILL) is forked again in its slot; the others keep running."""
     with supervisor(tmp_path, "sleep") as proc:
-        _wait(lambda: len(_started(tmp_path)) == 2, 30, "two workers")
+        wait_until(lambda: len(_started(tmp_path)) == 2, 30, "two workers")
         first, second = _started(tmp_path)
         os.kill(first, signal.SIGKILL)
-        _wait(lambda: len(_started(tmp_path)) == 3, 30, "a replacement worker")
+        wait_until(lambda: len(_started(tmp_path)) == 3, 30, "a replacement worker")
         replacement = next(p for p in _started(tmp_path) if p not in (first, second))
         assert (tmp_path / str(replacement)).read_text() == (tmp_path / str(first)).read_text()
-        assert _alive(second) and _alive(replacement) and proc.poll() is None
+        assert pid_alive(second) and pid_alive(replacement) and proc.poll() is None
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
 
@@ -124,11 +109,11 @@ def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
     if not sys.platform.startswith("linux"):
         pytest.skip("PR_SET_PDEATHSIG is Linux only")
     with supervisor(tmp_path, "sleep") as proc:
-        _wait(lambda: len(_started(tmp_path)) == 2, 30, "two workers")
+        wait_until(lambda: len(_started(tmp_path)) == 2, 30, "two workers")
         workers = _started(tmp_path)
         proc.kill()
         proc.wait(10)
-        _wait(lambda: not any(_alive(p) for p in workers), 30, "the workers to stop")
+        wait_until(lambda: not any(pid_alive(p) for p in workers), 30, "the workers to stop")
         for pid in workers:
             assert (tmp_path / f"{pid}.stopped").exists()  # SIGTERM: they finished
 
