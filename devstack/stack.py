@@ -195,7 +195,7 @@ class Stack:
                 self._log(f"{role}: already running (pid {svc.pid})")
                 continue
             started = time.monotonic()
-            self.start_role(role)
+            svc = self.start_role(role)
             self._log(f"{role}: started (pid {svc.pid})")
         if started:
             # A process that dies on its first round (bad config, a bug) would otherwise

@@ -7,6 +7,7 @@ import logging
 import logging.handlers
 import queue
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -74,10 +75,67 @@ class _Enqueue(logging.handlers.QueueHandler):
             self.dropped += 1
 
 
-class _Writer(logging.handlers.QueueListener):
-    def enqueue_sentinel(self) -> None:
-        # Waits for room: the stop marker must get in even behind a full queue.
-        self.queue.put(self._sentinel)  # type: ignore[attr-defined]
+_STOP = logging.makeLogRecord({"msg": "stop"})
+"""Queued last, to end the writer thread."""
+
+
+class _Writer:
+    """The thread that formats and writes queued records, each batch at once.
+
+    Note: it takes every record waiting (up to `batch`) and writes them to a plain
+    `StreamHandler`'s stream with one write and one flush, not one of each per line:
+    under load the access log's write per request was a tenth of the api's CPU. Other
+    handlers get each record as usual.
+    """
+
+    def __init__(
+        self, records: queue.Queue[logging.LogRecord], handlers: list[logging.Handler]
+    ) -> None:
+        self.records = records
+        self.handlers = handlers
+        self.batch = 1024
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Write what is queued, then end the thread."""
+        self.records.put(_STOP)  # waits for room: the marker must get in behind a full queue
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self.records.get()]
+            while len(batch) < self.batch:
+                try:
+                    batch.append(self.records.get_nowait())
+                except queue.Empty:
+                    break
+            records = [r for r in batch if r is not _STOP]
+            for handler in self.handlers:
+                wanted = [r for r in records if r.levelno >= handler.level]
+                if type(handler) is logging.StreamHandler:
+                    _write_lines(handler, wanted)
+                else:
+                    for record in wanted:
+                        handler.handle(record)
+            if len(records) < len(batch):
+                return
+
+
+def _write_lines(handler: logging.StreamHandler[Any], records: list[logging.LogRecord]) -> None:
+    lines = [handler.format(r) for r in records if handler.filter(r)]
+    if not lines:
+        return
+    handler.acquire()
+    try:
+        handler.stream.write("\n".join(lines) + "\n")
+        handler.flush()
+    except Exception:
+        handler.handleError(records[0])
+    finally:
+        handler.release()
 
 
 @contextmanager
@@ -95,7 +153,7 @@ def written_by_a_thread(capacity: int = 100_000) -> Iterator[None]:
     handlers = root.handlers[:]
     records: queue.Queue[logging.LogRecord] = queue.Queue(capacity)
     enqueue = _Enqueue(records)
-    listener = _Writer(records, *handlers, respect_handler_level=True)
+    listener = _Writer(records, handlers)
     listener.start()
     root.handlers = [enqueue]
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import threading
@@ -65,3 +66,38 @@ def test_lines_beyond_the_queue_are_dropped_and_counted(slow: Slow) -> None:
     written = [json.loads(line) for _, line in slow.lines]
     assert [w["n"] for w in written if "n" in w] == [0, 1, 2, 3]
     assert written[-1]["msg"].startswith("log lines dropped") and written[-1]["dropped"] == 6
+
+
+class Gated(io.StringIO):
+    """A stream that counts its writes and holds the first until `go` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+        self.go = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        self.go.wait(10)
+        return super().write(text)
+
+
+def test_a_stream_gets_each_batch_in_one_write() -> None:
+    """Lines that queue up while a write is under way go out together, in order."""
+    stream = Gated()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    root.handlers, root.level = [handler], logging.INFO
+    log = logging.getLogger("tests.unit.test_logs")
+    try:
+        with written_by_a_thread():
+            for i in range(500):
+                log.info("request", extra={"n": i})
+            stream.go.set()
+    finally:
+        root.handlers, root.level = saved
+    lines = [json.loads(line)["n"] for line in stream.getvalue().splitlines()]
+    assert lines == list(range(500))
+    assert stream.writes <= 3
