@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -17,6 +18,7 @@ import psycopg
 import uvicorn
 
 from feedsvc import kafka, schema
+from feedsvc.acceptor import Acceptor
 from feedsvc.config import Settings
 from feedsvc.http.admission import Admission
 from feedsvc.http.app import ApiParts, create_app
@@ -123,18 +125,15 @@ async def api(settings: Settings, listen: Callable[[], socket.socket]) -> None:
             reader=reader,
             fanout=fanout,
         )
-        server = _Server(
-            fanout,
-            uvicorn.Config(
-                create_app(parts),
-                host=settings.host,
-                port=settings.port,
-                log_config=None,
-                access_log=False,
-                lifespan="off",
-                # Without it uvicorn waits forever on open SSE streams at SIGTERM.
-                timeout_graceful_shutdown=int(settings.shutdown_grace_s),
-            ),
+        config = uvicorn.Config(
+            create_app(parts),
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            # Without it uvicorn waits forever on open SSE streams at SIGTERM.
+            timeout_graceful_shutdown=int(settings.shutdown_grace_s),
         )
         # uvicorn re-raises the signal it caught once it has shut down; a no-op
         # handler lets our own `async with` blocks close Kafka and the pool after it.
@@ -146,17 +145,41 @@ async def api(settings: Settings, listen: Callable[[], socket.socket]) -> None:
         sock = listen()
         url = f"http://{settings.host}:{sock.getsockname()[1]}"
         log.info("api listening", extra={"url": url, "pid": os.getpid()})
-        await server.serve(sockets=[sock])
+        await _Server(fanout, config, sock).serve()
         tasks.cancel_scope.cancel()
     log.info("api stopped", extra={"pid": os.getpid()})
 
 
 class _Server(uvicorn.Server):
-    """uvicorn that, on SIGTERM, first ends every feed stream so clients reconnect elsewhere."""
+    """uvicorn serving `sock` through our `Acceptor`, which takes every pending connection
+    at once; on SIGTERM it first ends every feed stream so clients reconnect elsewhere."""
 
-    def __init__(self, fanout: Fanout, config: uvicorn.Config) -> None:
+    def __init__(self, fanout: Fanout, config: uvicorn.Config, sock: socket.socket) -> None:
         super().__init__(config)
         self.fanout = fanout
+        self.sock = sock
+        self.acceptor: Acceptor | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        # An empty list: uvicorn opens no server of its own (uvicorn.Server.startup).
+        await super().startup(sockets=[])
+        config = self.config
+
+        def protocol() -> asyncio.Protocol:
+            # What uvicorn's own server builds for each connection.
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state
+            )
+
+        self.acceptor = Acceptor(self.sock, protocol)
+        self.acceptor.start()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Stop accepting first, as uvicorn does with its own servers.
+        if self.acceptor is not None:
+            self.acceptor.close()
+        self.sock.close()
+        await super().shutdown(sockets=[])
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)

@@ -1,0 +1,104 @@
+"""The acceptor takes every pending connection at once, even from a busy event loop.
+
+Each test runs uvloop (the api's loop) with a callback that keeps it busy, 20 ms a turn,
+and counts the turns the accepts took: timing-independent, so a loaded machine cannot
+make it pass or fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import uvloop
+
+from feedsvc.acceptor import Acceptor
+
+CLIENTS = 200
+
+
+class Counted(asyncio.Protocol):
+    """Notes the loop turn at which each connection was made, and echoes a byte."""
+
+    def __init__(self, turns: list[int], made: list[int]) -> None:
+        self.turns, self.made = turns, made
+
+    def connection_made(self, transport: Any) -> None:  # uvloop's is no asyncio.Transport
+        self.made.append(self.turns[0])
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+async def _accept_under_load(
+    serve: Callable[[socket.socket, Callable[[], asyncio.Protocol]], Coroutine[Any, Any, object]],
+) -> list[int]:
+    """The loop turns at which CLIENTS connections, all waiting in the accept queue when
+    serving starts, were accepted."""
+    loop = asyncio.get_running_loop()
+    turns, made = [0], list[int]()
+    done = asyncio.Event()
+
+    def busy() -> None:
+        turns[0] += 1
+        until = time.monotonic() + 0.02
+        while time.monotonic() < until:
+            pass
+        if len(made) >= CLIENTS or turns[0] >= 2000:
+            done.set()
+        else:
+            loop.call_soon(busy)
+
+    sock = socket.create_server(("127.0.0.1", 0), backlog=2048)
+    port = sock.getsockname()[1]
+    # The kernel completes these handshakes by itself: they queue until accepted.
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(CLIENTS)]
+    try:
+        loop.call_soon(busy)
+        close = await serve(sock, lambda: Counted(turns, made))
+        await done.wait()
+        clients[0].sendall(b"x")  # a connection accepted works
+        assert await asyncio.to_thread(clients[0].recv, 1) == b"x"
+    finally:
+        for client in clients:
+            client.close()
+    assert callable(close)
+    close()
+    return made
+
+
+async def _with_acceptor(
+    sock: socket.socket, factory: Callable[[], asyncio.Protocol]
+) -> Callable[[], None]:
+    acceptor = Acceptor(sock, factory)
+    acceptor.start()
+
+    def close() -> None:
+        acceptor.close()
+        sock.close()
+
+    return close
+
+
+async def _with_loop_server(
+    sock: socket.socket, factory: Callable[[], asyncio.Protocol]
+) -> Callable[[], None]:
+    server = await asyncio.get_running_loop().create_server(factory, sock=sock)
+    return server.close
+
+
+def test_every_pending_connection_is_accepted_in_one_turn() -> None:
+    """200 connections waiting: all accepted within the first turns of a busy loop."""
+    turns = uvloop.run(_accept_under_load(_with_acceptor))
+    assert len(turns) == CLIENTS
+    assert max(turns) <= 3, turns
+
+
+def test_the_loops_own_server_accepts_one_a_turn() -> None:
+    """Why the acceptor exists: uvloop's server (libuv >= 1.45) takes one per turn."""
+    turns = uvloop.run(_accept_under_load(_with_loop_server))
+    assert max(turns) >= CLIENTS / 2, turns
