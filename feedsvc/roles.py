@@ -18,7 +18,7 @@ import psycopg
 import uvicorn
 
 from feedsvc import kafka, schema
-from feedsvc.acceptor import Acceptor
+from feedsvc.acceptor import Acceptor, CoalescingProtocol
 from feedsvc.config import Settings
 from feedsvc.http.admission import Admission
 from feedsvc.http.app import ApiParts, create_app
@@ -166,10 +166,12 @@ class _Server(uvicorn.Server):
         config = self.config
 
         def protocol() -> asyncio.Protocol:
-            # What uvicorn's own server builds for each connection.
-            return config.http_protocol_class(  # type: ignore[call-arg]
+            # What uvicorn's own server builds for each connection, writing through a
+            # CoalescingTransport (one send per answer, not two).
+            made = config.http_protocol_class(  # type: ignore[call-arg]
                 config=config, server_state=self.server_state, app_state=self.lifespan.state
             )
+            return CoalescingProtocol(made)
 
         self.acceptor = Acceptor(self.sock, protocol)
         self.acceptor.start()

@@ -15,7 +15,7 @@ from typing import Any
 
 import uvloop
 
-from feedsvc.acceptor import Acceptor
+from feedsvc.acceptor import Acceptor, CoalescingTransport
 
 CLIENTS = 200
 
@@ -102,3 +102,62 @@ def test_the_loops_own_server_accepts_one_a_turn() -> None:
     """Why the acceptor exists: uvloop's server (libuv >= 1.45) takes one per turn."""
     turns = uvloop.run(_accept_under_load(_with_loop_server))
     assert max(turns) >= CLIENTS / 2, turns
+
+
+class Recording:
+    """The transport under a CoalescingTransport: records each write and the close."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str) -> str:
+        return f"info:{name}"
+
+
+async def test_writes_of_one_turn_leave_together() -> None:
+    """Headers then body in one turn: one write with both, at the next turn; later
+    writes start a new one."""
+    inner = Recording()
+    transport = CoalescingTransport(inner, asyncio.get_running_loop())
+    transport.write(b"HTTP/1.1 202 Accepted\r\n\r\n")
+    transport.write(memoryview(b"{}"))
+    assert inner.writes == [] and transport.get_write_buffer_size() == 27
+    await asyncio.sleep(0)
+    assert inner.writes == [b"HTTP/1.1 202 Accepted\r\n\r\n{}"]
+    transport.write(b"next")
+    await asyncio.sleep(0)
+    assert inner.writes[1:] == [b"next"]
+    assert transport.get_extra_info("peername") == "info:peername"
+
+
+async def test_close_writes_what_is_gathered_and_abort_drops_it() -> None:
+    """close: the gathered bytes first, then the close; abort: nothing more is written."""
+    loop = asyncio.get_running_loop()
+    inner = Recording()
+    closing = CoalescingTransport(inner, loop)
+    closing.write(b"last words")
+    closing.close()
+    assert (inner.writes, inner.closed) == ([b"last words"], True)
+    inner = Recording()
+    aborting = CoalescingTransport(inner, loop)
+    aborting.write(b"never")
+    aborting.abort()
+    await asyncio.sleep(0)
+    assert (inner.writes, inner.aborted) == ([], True)
