@@ -86,6 +86,11 @@ def run(opts: Options, stacks: Stacks | None = None) -> Idle:
 
         time.sleep(1.0)
         rss_before = rss_kb(api)
+        # What the api costs with no stream open, over the same window: the share of the
+        # heartbeat figure that is not heartbeats (relay polling, resolved records, gauges).
+        cpu0, t0 = cpu_seconds(api), time.monotonic()
+        time.sleep(opts.heartbeat_window_s)
+        idle_pct = 100 * (cpu_seconds(api) - cpu0) / (time.monotonic() - t0)
         opened = 0
         while opened < opts.connections:
             want = min(opts.batch, opts.connections - opened)
@@ -127,6 +132,8 @@ def run(opts: Options, stacks: Stacks | None = None) -> Idle:
             "above the hard limit",
             "heartbeat_window_s": opts.heartbeat_window_s,
             "heartbeat_cpu_pct": "api CPU over the window, nothing posted (idle api included)",
+            "idle_api_cpu_pct": round(idle_pct, 2),
+            "idle_api_cpu_pct_note": "api CPU over the same window before any stream opened",
             "rss_per_conn_kb": "api RSS growth from before opening to 3 s after, per held conn",
             "post_rate": opts.post_rate,
             "post_statuses": poster.statuses(),
