@@ -13,7 +13,6 @@ per iteration, as this does, but costs half again as much CPU per request as uvl
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import socket
 from collections.abc import Callable
@@ -24,9 +23,8 @@ log = logging.getLogger(__name__)
 BATCH = 1024
 """The most connections accepted in one go; the rest wait for the next loop iteration."""
 
-# accept(2): out of descriptors or memory; back off instead of spinning on a ready socket.
-_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-EXHAUSTED_PAUSE_S = 1.0
+PAUSE_S = 1.0
+"""How long accepting pauses after accept(2) failed (e.g. out of file descriptors)."""
 
 
 class Acceptor:
@@ -77,14 +75,14 @@ class Acceptor:
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
             except OSError as exc:
-                if exc.errno not in _EXHAUSTED:
-                    raise
+                # Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM), or worse:
+                # pause rather than spin on a socket that stays readable.
                 log.error(
                     "cannot accept connections; pausing",
-                    extra={"error": repr(exc), "pause_s": EXHAUSTED_PAUSE_S},
+                    extra={"error": repr(exc), "pause_s": PAUSE_S},
                 )
                 self._unwatch()
-                loop.call_later(EXHAUSTED_PAUSE_S, self._watch)
+                loop.call_later(PAUSE_S, self._watch)
                 return
             conn.setblocking(False)
             if conn.family in (socket.AF_INET, socket.AF_INET6):

@@ -8,13 +8,16 @@ make it pass or fail.
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import pytest
 import uvloop
 
+from feedsvc import acceptor
 from feedsvc.acceptor import Acceptor, CoalescingTransport
 
 CLIENTS = 200
@@ -161,3 +164,41 @@ async def test_close_writes_what_is_gathered_and_abort_drops_it() -> None:
     aborting.abort()
     await asyncio.sleep(0)
     assert (inner.writes, inner.aborted) == ([], True)
+
+
+class RunsOutOfFiles(socket.socket):
+    """A listening socket whose first accept(2) fails as with no descriptor left."""
+
+    failed = 0
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        if not self.failed:
+            self.failed += 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return super().accept()
+
+
+def test_accept_failing_pauses_then_resumes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of descriptors: accepting pauses (no spinning on the readable socket), then
+    the waiting connection is served."""
+    monkeypatch.setattr(acceptor, "PAUSE_S", 0.2)
+
+    async def main() -> tuple[int, float]:
+        sock = RunsOutOfFiles(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        began = time.monotonic()
+        served = Acceptor(sock, lambda: Counted([0], []))
+        with socket.create_connection(sock.getsockname()) as client:
+            served.start()
+            client.settimeout(5)
+            client.sendall(b"x")
+            assert await asyncio.to_thread(client.recv, 1) == b"x"  # served, after the pause
+            waited = time.monotonic() - began
+        served.close()
+        sock.close()
+        return sock.failed, waited
+
+    failed, waited = uvloop.run(main())
+    assert failed == 1
+    assert 0.2 <= waited < 2.0
