@@ -16,6 +16,7 @@ import logging
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
+from prometheus_client import Counter
 
 from feedsvc.http.admission import Refusal
 from feedsvc.http.submit import TOO_LARGE, Answer, Submitter, accept, screen
@@ -45,7 +46,7 @@ class PostsAtTheDoor:
         self.app = app
         self.submitter = submitter
         self.cors = cors
-        self._refusals: dict[tuple[int, str, int], Answer] = {}
+        self._refusals: dict[tuple[int, str, int], tuple[Answer, Counter]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not (
@@ -97,13 +98,16 @@ class PostsAtTheDoor:
         return await accept(self.submitter, body, key, deadline)
 
     def _refused(self, refusal: Refusal) -> Answer:
-        self.submitter.posts.refused.labels(str(refusal.status), refusal.reason).inc()
+        # The answer and its counter, looked up once per kind of refusal.
         kind = (refusal.status, refusal.reason, refusal.retry_after_s)
-        answer = self._refusals.get(kind)
-        if answer is None:
-            answer = self._refusals[kind] = Answer.problem(
-                refusal.status, refusal.reason, retry_after_s=refusal.retry_after_s
+        known = self._refusals.get(kind)
+        if known is None:
+            known = self._refusals[kind] = (
+                Answer.problem(refusal.status, refusal.reason, retry_after_s=refusal.retry_after_s),
+                self.submitter.posts.refused.labels(str(refusal.status), refusal.reason),
             )
+        answer, counter = known
+        counter.inc()
         return answer
 
 
