@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from feedsvc.relay.changefeed import Delete, hlc_value
-from feedsvc.relay.fanout import Ahead, Fanout, ReplayFrom, Reset, Subscription
+from feedsvc.relay.fanout import WAKE_BATCH, Ahead, Fanout, ReplayFrom, Reset, Subscription
 from feedsvc.relay.frames import EventId, event_id
 from tests.unit.relay.helpers import batches, message, next_frames, parse, row, texts
 
@@ -362,3 +362,27 @@ async def test_burst_while_waiting_is_not_lag_but_while_busy_is() -> None:
     assert not ready.ended
     assert parse(busy.take())[0][1] == "resume"
     assert fan.subscribers == 1
+
+
+async def test_a_broadcast_leaves_turns_for_other_work() -> None:
+    """Thousands of waiting streams are woken a batch per loop turn: work queued after the
+    event (a post's next step) runs after the first batch, not after every stream; all
+    still get the event, in the order they waited."""
+    loop = asyncio.get_running_loop()
+    fan = _fanout(0)
+    count = 3 * WAKE_BATCH + 10
+    got: list[int] = []
+
+    async def stream(n: int) -> None:
+        sub = _sub(fan.subscribe(None))
+        assert texts(await next_frames(sub)) == ["message 0"]
+        got.append(n)
+
+    tasks = [asyncio.create_task(stream(n)) for n in range(count)]
+    await asyncio.sleep(0)  # each subscribes and waits
+    seen_by_other_work: list[int] = []
+    fan.publish(0, row(0))
+    loop.call_soon(lambda: seen_by_other_work.append(len(got)))
+    await asyncio.gather(*tasks)
+    assert seen_by_other_work == [WAKE_BATCH]
+    assert got == list(range(count))
