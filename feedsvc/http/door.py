@@ -19,7 +19,8 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from prometheus_client import Counter
 
 from feedsvc.http.admission import Refusal
-from feedsvc.http.submit import TOO_LARGE, Answer, Submitter, accept, screen
+from feedsvc.http.errors import Answer
+from feedsvc.http.submit import TOO_LARGE, Submitter, accept, screen
 from feedsvc.messages import MAX_BODY_BYTES
 
 log = logging.getLogger(__name__)
@@ -91,10 +92,12 @@ class PostsAtTheDoor:
             return screened
         if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
             return TOO_LARGE
-        body = await _read_body(receive, MAX_BODY_BYTES)
-        if body is None or body is TOO_LARGE:
-            return body
-        assert isinstance(body, bytes)
+        try:
+            body = await _read_body(receive, MAX_BODY_BYTES)
+        except _BodyTooLarge:
+            return TOO_LARGE
+        except _ClientLeft:
+            return None
         return await accept(self.submitter, body, key, deadline)
 
     def _refused(self, refusal: Refusal) -> Answer:
@@ -111,18 +114,29 @@ class PostsAtTheDoor:
         return answer
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes | Answer | None:
-    """The request's body; `TOO_LARGE` past `limit` bytes, None if the client left."""
+class _BodyTooLarge(Exception):
+    """The body went past the limit while it was read."""
+
+
+class _ClientLeft(Exception):
+    """The client disconnected before it sent the whole body."""
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    """The request's body, up to `limit` bytes.
+
+    Raises: `_BodyTooLarge` past `limit` bytes; `_ClientLeft` when the client left.
+    """
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            return None  # http.disconnect: the client left
+            raise _ClientLeft  # http.disconnect
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            return TOO_LARGE
+            raise _BodyTooLarge
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -1,8 +1,13 @@
-"""One error body for every failure: `{"error", "detail", "field"?}`."""
+"""One error body for every failure: `{"error", "detail", "field"?}`, built in one place.
+
+`Answer.problem` builds an error's body and headers; `problem` is the same as a Litestar
+response, and `http.door` writes an `Answer` without the framework.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request, Response
@@ -27,6 +32,39 @@ _NAMES = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A JSON answer, whichever layer writes it: its status, body and extra headers."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def problem(
+        cls,
+        status: int,
+        detail: str,
+        field: str | None = None,
+        retry_after_s: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Answer:
+        """An error answer (`Problem`), with `Retry-After` when the client should come back."""
+        extra = dict(headers or {})
+        if retry_after_s is not None:
+            extra["Retry-After"] = str(retry_after_s)
+        return cls(status, problem_body(status, detail, field), tuple(extra.items()))
+
+    def response(self) -> Response[bytes]:
+        """As a Litestar response."""
+        return Response(
+            self.body,
+            status_code=self.status,
+            media_type="application/json",
+            headers=dict(self.headers),
+        )
+
+
 def problem(
     status: int,
     detail: str,
@@ -34,15 +72,8 @@ def problem(
     retry_after_s: int | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response[bytes]:
-    """An error response; `Retry-After` when the client should come back later."""
-    if retry_after_s is not None:
-        headers = {**(headers or {}), "Retry-After": str(retry_after_s)}
-    return Response(
-        problem_body(status, detail, field),
-        status_code=status,
-        media_type="application/json",
-        headers=headers,
-    )
+    """An error response (`Answer.problem`, as a Litestar response)."""
+    return Answer.problem(status, detail, field, retry_after_s, headers).response()
 
 
 def problem_body(status: int, detail: str, field: str | None = None) -> bytes:

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import re
 import uuid
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import psycopg
@@ -17,7 +16,7 @@ from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 
 from feedsvc.http.admission import Refusal
 from feedsvc.http.contract import SUBMIT_RESPONSES, SubmitOperation
-from feedsvc.http.errors import problem_body
+from feedsvc.http.errors import Answer
 from feedsvc.http.idempotency import Earlier, KeyLedger, KeyReused
 from feedsvc.kafka import SUBMITTED
 from feedsvc.messages import (
@@ -226,33 +225,6 @@ def _is_json(content_type: str) -> bool:
     return media_type == "application/json" or (
         media_type.startswith("application/") and media_type.endswith("+json")
     )
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """An answer to `POST /messages`, whichever layer writes it (the handler below, or
-    `http.door` without the framework): a JSON body, its status and extra headers."""
-
-    status: int
-    body: bytes
-    headers: tuple[tuple[str, str], ...] = ()
-
-    @classmethod
-    def problem(
-        cls, status: int, detail: str, field: str | None = None, retry_after_s: int | None = None
-    ) -> Answer:
-        """An error answer (`Problem`), with `Retry-After` when the client should come back."""
-        headers = () if retry_after_s is None else (("Retry-After", str(retry_after_s)),)
-        return cls(status, problem_body(status, detail, field), headers)
-
-    def response(self) -> Response[bytes]:
-        """As a Litestar response."""
-        return Response(
-            self.body,
-            status_code=self.status,
-            media_type="application/json",
-            headers=dict(self.headers),
-        )
 
 
 TOO_LARGE = Answer.problem(413, f"the body is over {MAX_BODY_BYTES} bytes")
