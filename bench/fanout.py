@@ -68,15 +68,27 @@ def figures(
 
 
 def _trial(
-    clients: Clients, expected_streams: int, rate: float, seconds: float, send: Callable[[], Any]
+    clients: Clients,
+    expected_streams: int,
+    rate: float,
+    seconds: float,
+    send: Callable[[], Any],
+    server_cpu: Callable[[], float],
 ) -> dict[str, Any]:
-    """Run `send` (posts or broadcasts for `seconds`), drain the clients, figures."""
-    began = time.monotonic()
+    """Run `send` (posts or broadcasts for `seconds`), drain the clients, figures.
+
+    Note: `cpu_us_per_delivery` is the server's CPU (all its processes) from the start of
+    the trial until the clients have read everything, over the deliveries read.
+    """
+    began, cpu_before = time.monotonic(), server_cpu()
     sent, extra = send()
     window = max(seconds, time.monotonic() - began)
     wait_settled(clients.events, len(sent) * expected_streams, idle_s=5, limit_s=60)
+    cpu = server_cpu() - cpu_before
     reads = clients.collect(close=False)
     out = {"rate": rate, **figures(sent, reads["times"], expected_streams, window), **extra}
+    delivered = sum(len(reads["times"].get(key, ())) for key in sent)
+    out["cpu_us_per_delivery"] = round(cpu * 1e6 / delivered, 1) if delivered else None
     out["duplicates"] = reads["duplicates"]
     return out
 
@@ -95,14 +107,18 @@ def _search(
     opts: Options,
     open_streams: Callable[[], None],
     send: Callable[[float], Callable[[], Any]],
+    server_cpu: Callable[[], float],
 ) -> tuple[Trial[dict[str, Any]] | None, list[Trial[dict[str, Any]]]]:
     open_streams()
 
     def measure(rate: float) -> tuple[bool, dict[str, Any]]:
-        out = _trial(clients, count, rate, opts.trial_seconds, send(rate))
+        out = _trial(clients, count, rate, opts.trial_seconds, send(rate), server_cpu)
         p99 = out["deliver_p99_ms"]
         ok = p99 is not None and p99 <= BOUND_S * 1000 and out["missing"] == 0
-        say(f"  {rate:g}/s x {count}: {out['deliveries_per_s']}/s, p99 {p99} ms, ok={ok}")
+        say(
+            f"  {rate:g}/s x {count}: {out['deliveries_per_s']}/s, p99 {p99} ms, "
+            f"{out['cpu_us_per_delivery']} us CPU each, ok={ok}"
+        )
         return ok, out
 
     try:
@@ -111,7 +127,7 @@ def _search(
         clients.collect()  # closes the streams
 
 
-def _api(clients: Clients, count: int, opts: Options, stack: Stack) -> tuple[Any, list[Any], float]:
+def _api(clients: Clients, count: int, opts: Options, stack: Stack) -> Any:
     url, api = stack.api_url, pid_of(stack, "api")
 
     def subscribed() -> int:
@@ -125,16 +141,21 @@ def _api(clients: Clients, count: int, opts: Options, stack: Stack) -> tuple[Any
 
         return go
 
-    cpu0 = cpu_seconds(api)
     say(f"fanout: api, {count} subscribers")
-    best, trials = _search(
-        clients, count, opts, lambda: _open(clients, url, count, subscribed), send
+    return _search(
+        clients,
+        count,
+        opts,
+        lambda: _open(clients, url, count, subscribed),
+        send,
+        lambda: cpu_seconds(api),
     )
-    return best, trials, cpu_seconds(api) - cpu0
 
 
 def _baseline(clients: Clients, count: int, opts: Options, workdir: Path) -> Any:
-    with baseline_server("baseline_feed", workdir, TEXT) as (_, url):
+    with baseline_server("baseline_feed", workdir, TEXT) as (server, url):
+        pid = server.pid
+        assert pid is not None
 
         def subscribed() -> int:
             return int(httpx.get(f"{url}/health", timeout=5).json()["subscribers"])
@@ -153,7 +174,14 @@ def _baseline(clients: Clients, count: int, opts: Options, workdir: Path) -> Any
             return go
 
         say(f"fanout: baseline, {count} subscribers")
-        return _search(clients, count, opts, lambda: _open(clients, url, count, subscribed), send)
+        return _search(
+            clients,
+            count,
+            opts,
+            lambda: _open(clients, url, count, subscribed),
+            send,
+            lambda: cpu_seconds(pid),
+        )
 
 
 def run(opts: Options, stacks: Stacks | None = None) -> Fanout:
@@ -169,7 +197,7 @@ def run(opts: Options, stacks: Stacks | None = None) -> Fanout:
             Clients(opts.client_procs) as clients,
         ):
             for count in opts.subscribers:
-                best, trials, _cpu = _api(clients, count, opts, stack)
+                best, trials = _api(clients, count, opts, stack)
                 base_best, base_trials = _baseline(clients, count, opts, workdir)
                 got = best.outcome if best else {}
                 base = base_best.outcome if base_best else {}
@@ -185,6 +213,8 @@ def run(opts: Options, stacks: Stacks | None = None) -> Fanout:
                             got.get("deliveries_per_s"), base.get("deliveries_per_s")
                         ),
                         posts_per_s=best.rate if best else None,
+                        api_cpu_us_per_delivery=got.get("cpu_us_per_delivery"),
+                        baseline_cpu_us_per_delivery=base.get("cpu_us_per_delivery"),
                         missing=sum(t.outcome["missing"] for t in trials),
                         duplicates=sum(t.outcome["duplicates"] for t in trials),
                         trials=[t.outcome for t in trials],

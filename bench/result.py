@@ -59,6 +59,9 @@ class FanoutRun(msgspec.Struct, frozen=True, kw_only=True):
     baseline_deliveries_per_s: int | None
     ratio_to_baseline: float | None
     posts_per_s: float | None
+    api_cpu_us_per_delivery: float | None
+    """The api's CPU per delivery in the best trial (all workers; posting included)."""
+    baseline_cpu_us_per_delivery: float | None
     missing: int
     duplicates: int
     trials: list[dict[str, Any]]
