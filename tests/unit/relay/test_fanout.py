@@ -386,3 +386,65 @@ async def test_a_broadcast_leaves_turns_for_other_work() -> None:
     await asyncio.gather(*tasks)
     assert seen_by_other_work == [WAKE_BATCH]
     assert got == list(range(count))
+
+
+async def test_a_wait_times_out_in_its_last_quarter_never_later() -> None:
+    """Waits with a timeout end False between 3/4 of it and all of it, each measured from
+    its own start (waits begun at different times, on one clock); a woken one ends True."""
+    loop = asyncio.get_running_loop()
+    fan = _fanout(0)
+    seconds = 0.8  # the clock ticks every 0.2 s
+
+    async def timed() -> tuple[bool, float]:
+        began = loop.time()
+        woken = await fan.wait_changed(seconds)
+        return woken, loop.time() - began
+
+    first = asyncio.create_task(timed())
+    await asyncio.sleep(0.25)  # a second wait, started just after one of the clock's ticks
+    second = asyncio.create_task(timed())
+    for woken, took in await asyncio.wait_for(asyncio.gather(first, second), 5):
+        assert woken is False
+        assert seconds * 3 / 4 - 0.02 <= took <= seconds + 0.1, took
+    untimed = asyncio.create_task(fan.wait_changed(None))
+    timed_but_woken = asyncio.create_task(fan.wait_changed(60))
+    await asyncio.sleep(0)
+    fan.publish(0, row(0))
+    assert await untimed is True
+    assert await timed_but_woken is True
+
+
+async def test_waits_share_one_clock_and_time_out_a_batch_per_turn() -> None:
+    """Thousands of heartbeat waits start no timer each, and the ones that time out together
+    are ended `WAKE_BATCH` per loop turn, as a broadcast's are."""
+    loop = asyncio.get_running_loop()
+    fan = _fanout(0)
+    count = 2 * WAKE_BATCH + 10
+    timers = 0
+    call_at = loop.call_at  # asyncio's call_later calls it too
+
+    def counted(*args: object, **kwargs: object) -> asyncio.TimerHandle:
+        nonlocal timers
+        timers += 1
+        return call_at(*args, **kwargs)  # type: ignore[arg-type]
+
+    loop.call_at = counted  # type: ignore[method-assign]
+    try:
+        ended: list[int] = []
+
+        seen_by_other_work: list[int] = []
+
+        async def wait(n: int) -> None:
+            assert await fan.wait_changed(0.2) is False
+            if not ended:  # the first to end queues other work, as a post would
+                loop.call_soon(lambda: seen_by_other_work.append(len(ended)))
+            ended.append(n)
+
+        tasks = [asyncio.create_task(wait(n)) for n in range(count)]
+        await asyncio.sleep(0)
+        assert timers == 1
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    finally:
+        del loop.call_at
+    assert seen_by_other_work == [WAKE_BATCH]
+    assert ended == list(range(count))
