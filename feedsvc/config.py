@@ -97,7 +97,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Messages `GET /feed` sends before going live when the client names no `limit`."""
 
     heartbeat_s: Seconds = 15.0
-    """Seconds between comment heartbeats on an idle feed, to keep proxies from closing it."""
+    """The longest silence on an idle feed: a comment heartbeat comes at most this long (and
+    at least 3/4 of it) after the last data, to keep proxies from closing the stream."""
 
     subscriber_buffer: Positive = 1024
     """Events one feed client may fall behind before it is told to resume and closed."""
