@@ -78,17 +78,21 @@ def _trial(
     """Run `send` (posts or broadcasts for `seconds`), drain the clients, figures.
 
     Note: `cpu_us_per_delivery` is the server's CPU (all its processes) from the start of
-    the trial until the clients have read everything, over the deliveries read.
+    the trial until the clients have read everything, over the deliveries read;
+    `client_cpu_us_per_delivery` the same for the client processes (on the same cores).
     """
-    began, cpu_before = time.monotonic(), server_cpu()
+    began, cpu_before, clients_before = time.monotonic(), server_cpu(), clients.cpu_s()
     sent, extra = send()
     window = max(seconds, time.monotonic() - began)
     wait_settled(clients.events, len(sent) * expected_streams, idle_s=5, limit_s=60)
-    cpu = server_cpu() - cpu_before
+    cpu, clients_cpu = server_cpu() - cpu_before, clients.cpu_s() - clients_before
     reads = clients.collect(close=False)
     out = {"rate": rate, **figures(sent, reads["times"], expected_streams, window), **extra}
     delivered = sum(len(reads["times"].get(key, ())) for key in sent)
     out["cpu_us_per_delivery"] = round(cpu * 1e6 / delivered, 1) if delivered else None
+    out["client_cpu_us_per_delivery"] = (
+        round(clients_cpu * 1e6 / delivered, 1) if delivered else None
+    )
     out["duplicates"] = reads["duplicates"]
     return out
 
@@ -117,7 +121,8 @@ def _search(
         ok = p99 is not None and p99 <= BOUND_S * 1000 and out["missing"] == 0
         say(
             f"  {rate:g}/s x {count}: {out['deliveries_per_s']}/s, p99 {p99} ms, "
-            f"{out['cpu_us_per_delivery']} us CPU each, ok={ok}"
+            f"CPU per delivery {out['cpu_us_per_delivery']} us "
+            f"(clients {out['client_cpu_us_per_delivery']} us), ok={ok}"
         )
         return ok, out
 
