@@ -17,7 +17,7 @@ from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from feedsvc.http.admission import Refusal
 from feedsvc.http.contract import SUBMIT_RESPONSES, SubmitOperation
 from feedsvc.http.errors import Answer
-from feedsvc.http.idempotency import Earlier, KeyLedger, KeyReused
+from feedsvc.http.idempotency import KeyClaims, KeyReused
 from feedsvc.kafka import SUBMITTED
 from feedsvc.messages import (
     MAX_BODY_BYTES,
@@ -107,6 +107,7 @@ class Submitter:
         metrics: Metrics,
         timeout_s: float,
         keys: Keys | None = None,
+        claims: KeyClaims | None = None,
     ) -> None:
         self.producer = producer
         self.keys = keys
@@ -114,7 +115,8 @@ class Submitter:
         self.admission = admission
         self.metrics = metrics
         self.timeout_s = timeout_s
-        self.ledger = KeyLedger()
+        self.claims = KeyClaims() if claims is None else claims
+        """Where a key is bound to its first text; shared by every worker when given."""
         self.posts = metrics.posts
         metrics.follow(self.posts.inflight, lambda: admission.inflight)
         metrics.follow(self.posts.writer_backlog, lambda: admission.backlog)
@@ -128,40 +130,40 @@ class Submitter:
     async def submit(self, message: Message, deadline: float, keys: Keys | None = None) -> Message:
         """Send one message; returns it as accepted, or raises `Refusal` or `KeyReused`.
 
-        With `keys` (the message has an Idempotency-Key) an earlier message with the
-        same id is looked for, here and then in `keys`: same text, the earlier one is
-        the answer (sent again only if Kafka has not acknowledged it yet); another
-        text, `KeyReused`.
+        With `keys` (the message has an Idempotency-Key) the key is claimed for this
+        text first (`KeyClaims`, shared by the workers): bound to another text, the
+        answer is `KeyReused`; settled with this text, the earlier message is the
+        answer, sent again only if not settled. Then `keys` (the database) is asked:
+        stored with another text, `KeyReused`; with this text, the stored one.
 
-        Note: two requests with one key and different texts that both miss each
-        other (on different api processes, before the writer stored either) both
-        get 202, and the database keeps the one the writer stores first. A send that
-        times out may still reach Kafka later, and then the message is stored
-        although the client saw 503; a retry with the same key gets it stored once.
+        Note: a send that times out may still reach Kafka later, and then the message
+        is stored although the client saw 503; a retry with the same key gets it
+        stored once, and another text is refused meanwhile.
         """
         self.admission.check()
         self.admission.enter()
         try:
             if keys is not None:
-                earlier = await self._earlier(message, keys, deadline)
+                earlier = self.claims.claim(message)  # before any await: no one slips in
                 if earlier is not None:
-                    if earlier.message.text != message.text:
-                        raise KeyReused("Idempotency-Key was already used for a different text")
                     if earlier.acknowledged:
                         return earlier.message
-                    message = earlier.message
-                self.ledger.sending(message)
+                    message = earlier.message  # the same record, sent again
+                stored = await self._stored(message, keys, deadline)
+                if stored is not None:
+                    self.claims.settle(stored)
+                    if stored.text != message.text:
+                        raise KeyReused("Idempotency-Key was already used for a different text")
+                    return stored
             await self._send(message, deadline)
         finally:
             self.admission.leave()
         if keys is not None:
-            self.ledger.acknowledged(message)
+            self.claims.settle(message)
         return message
 
-    async def _earlier(self, message: Message, keys: Keys, deadline: float) -> Earlier | None:
-        known = self.ledger.get(message.id)
-        if known is not None:
-            return known
+    async def _stored(self, message: Message, keys: Keys, deadline: float) -> Message | None:
+        """The stored message with this id; None when there is none or no answer in time."""
         loop = asyncio.get_running_loop()
         until = min(deadline, loop.time() + self.timeout_s / 5)
         # Not `asyncio.timeout`: a query cancelled by psycopg first asks the server to
@@ -183,8 +185,7 @@ class Submitter:
                 raise error
             self._unchecked(repr(error))
             return None
-        stored = lookup.result()
-        return None if stored is None else Earlier(stored, acknowledged=True)
+        return lookup.result()
 
     def _unchecked(self, why: str) -> None:
         # Sending unchecked keeps posting available while the database is down; the

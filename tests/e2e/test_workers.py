@@ -177,6 +177,52 @@ async def test_two_workers_share_the_port_and_each_serves(make_stack: MakeStack)
     )
 
 
+async def test_one_key_two_texts_on_two_workers_one_is_refused(make_stack: MakeStack) -> None:
+    """An Idempotency-Key is bound to its first text across workers: the same key with two
+    texts, posted at once through connections held by different workers, gets one 202 and
+    one 422, and the text that got 202 is the one stored (none is lost)."""
+    stack = make_stack(WORKERS)
+    workers = await _workers_listening(stack, 2)
+    author = "k_" + uuid.uuid4().hex[:20]
+    async with AsyncExitStack() as exits:
+        by_worker: dict[int, httpx.AsyncClient] = {}
+        for _ in range(40):
+            http = await exits.enter_async_context(
+                httpx.AsyncClient(base_url=stack.api_url, timeout=30)
+            )
+            r = await http.get("/health")
+            by_worker.setdefault(_server_of(stack, workers, _local_port(r)), http)
+            if len(by_worker) == 2:
+                break
+        assert len(by_worker) == 2, "40 connections all went to one worker"
+        one, two = by_worker.values()
+        accepted: dict[str, str] = {}
+        for n in range(10):
+            key = f"key-{n}"
+            answers: dict[str, httpx.Response] = {}
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_keyed_post, one, author, key, f"{key} first", answers)
+                tg.start_soon(_keyed_post, two, author, key, f"{key} second", answers)
+            statuses = sorted(r.status_code for r in answers.values())
+            assert statuses == [202, 422], {t: r.text for t, r in answers.items()}
+            won = next(t for t, r in answers.items() if r.status_code == 202)
+            accepted[answers[won].json()["id"]] = won
+        await wait_for(
+            lambda: stored_ids(stack, author), lambda ids: set(ids) == set(accepted), 60, "stored"
+        )
+        for message_id, text in accepted.items():
+            r = await one.get(f"/messages/{message_id}")
+            assert r.status_code == 200 and r.json()["text"] == text
+
+
+async def _keyed_post(
+    http: httpx.AsyncClient, author: str, key: str, text: str, answers: dict[str, httpx.Response]
+) -> None:
+    body = {"author": author, "text": text}
+    answers[text] = await http.post("/messages", json=body, headers={"Idempotency-Key": key})
+
+
 def _sample(text: str, name: str) -> float | None:
     """The value of the unlabelled series `name` in a scrape."""
     for family in text_string_to_metric_families(text):

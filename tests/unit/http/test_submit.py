@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
+import signal
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import anyio
 import pytest
 from aiokafka.errors import KafkaConnectionError
 
 from feedsvc.http.admission import Admission, Refusal
-from feedsvc.http.idempotency import KeyLedger, KeyReused
+from feedsvc.http.idempotency import KeyClaims, KeyReused
 from feedsvc.http.submit import Gate, Keys, Producer, Submitter
 from feedsvc.kafka import RenewingProducer
 from feedsvc.messages import Message, Submission, new_message
@@ -141,7 +146,7 @@ async def test_unkeyed_posts_are_never_looked_up() -> None:
     message = new_message(Submission(author="ada", text="hi"))
     await sub.submit(message, sub.deadline())
     assert producer.sent == [message]
-    assert len(sub.ledger) == 0
+    assert sub.claims.get(message.id) is None
 
 
 async def test_full_inflight_is_refused_before_any_lookup_or_send() -> None:
@@ -159,7 +164,7 @@ async def test_full_inflight_is_refused_before_any_lookup_or_send() -> None:
         assert (keys.lookups, producer.calls) == (1, 1)  # the first one's only
         gate.set()
     assert admission.inflight == 0
-    assert sub.ledger.get(keyed("second", "k2").id) is None
+    assert sub.claims.get(keyed("second", "k2").id) is None
 
 
 async def test_writer_backlog_over_its_limit_is_refused_with_the_drain_estimate() -> None:
@@ -212,15 +217,95 @@ def test_the_real_adapters_fit_the_submitters_protocols() -> None:
     assert all(wired)
 
 
-def test_ledger_forgets_the_oldest_past_its_size() -> None:
-    """The ledger is bounded: past its size the least recently sent key is forgotten."""
-    ledger = KeyLedger(size=2)
-    a, b, c = keyed("a", "ka"), keyed("b", "kb"), keyed("c", "kc")
-    ledger.sending(a)
-    ledger.acknowledged(b)
-    ledger.acknowledged(a)
-    ledger.sending(c)
-    assert len(ledger) == 2
-    assert ledger.get(b.id) is None
-    assert ledger.get(a.id) is not None and ledger.get(a.id).acknowledged  # type: ignore[union-attr]
-    assert ledger.get(c.id) is not None and not ledger.get(c.id).acknowledged  # type: ignore[union-attr]
+async def test_two_texts_for_one_key_during_the_lookup_one_is_refused() -> None:
+    """Both requests find the database empty (it has not stored either yet): the key is
+    claimed before the lookup, so the second text gets `KeyReused`, not a 202 whose
+    message could never be stored."""
+    gate = anyio.Event()
+
+    class SlowKeys(FakeKeys):
+        async def get(self, message_id: uuid.UUID) -> Message | None:
+            await gate.wait()
+            return await super().get(message_id)
+
+    producer, keys = FakeProducer(), SlowKeys()
+    sub = submitter(producer, timeout_s=5)
+    outcomes: list[object] = []
+
+    async def post(text: str) -> None:
+        try:
+            outcomes.append(await sub.submit(keyed(text), sub.deadline(), keys))
+        except KeyReused as exc:
+            outcomes.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(post, "first")
+        tg.start_soon(post, "second")
+        await anyio.wait_all_tasks_blocked()
+        gate.set()
+    assert [type(o) for o in outcomes] == [KeyReused, Message]
+    assert [m.text for m in producer.sent] == ["first"]
+
+
+def _claim_in_a_child(claims: KeyClaims, message: Message, out: Any) -> None:
+    try:
+        earlier = claims.claim(message)
+        out.send(None if earlier is None else (earlier.message.created_at, earlier.acknowledged))
+    except KeyReused:
+        out.send("reused")
+
+
+def _in_child(claims: KeyClaims, message: Message) -> object:
+    """What `claims.claim(message)` gives in a forked process (another api worker)."""
+    ctx = multiprocessing.get_context("fork")
+    mine, theirs = ctx.Pipe()
+    child = ctx.Process(target=_claim_in_a_child, args=(claims, message, theirs))
+    child.start()
+    child.join(10)
+    assert child.exitcode == 0
+    return mine.recv()
+
+
+def test_claims_are_shared_with_forked_workers() -> None:
+    """A key claimed in one process binds it in the others: another text is refused
+    there, the same text gets the first one's `created_at`, and settling shows."""
+    claims = KeyClaims(slots=64)
+    first = keyed("first")
+    assert claims.claim(first) is None
+    assert _in_child(claims, keyed("second")) == "reused"
+    again = keyed("first")
+    assert again.created_at != first.created_at
+    assert _in_child(claims, again) == (first.created_at, False)
+    claims.settle(first)
+    assert _in_child(claims, again) == (first.created_at, True)
+    assert _in_child(claims, keyed("other key", "key-2")) is None  # a free key is claimed
+    assert claims.get(keyed("x", "key-2").id) is not None
+
+
+def test_a_lock_left_by_a_dead_process_blocks_no_one() -> None:
+    """A worker killed inside a claim holds its slot's lock; the kernel releases it."""
+    claims = KeyClaims(slots=1)
+    message = keyed("first")
+
+    def die_holding_the_lock() -> None:
+        claims._slot(message.id).__enter__()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    child = multiprocessing.get_context("fork").Process(target=die_holding_the_lock)
+    child.start()
+    child.join(10)
+    assert child.exitcode == -signal.SIGKILL
+    assert claims.claim(message) is None  # would block for good if the lock were kept
+
+
+def test_a_newer_key_on_the_same_slot_replaces_the_older() -> None:
+    """Bounded: with one slot, the second key's claim forgets the first (the database then
+    answers for it once stored)."""
+    claims = KeyClaims(slots=1)
+    a, b = keyed("a", "ka"), keyed("b", "kb")
+    assert claims.claim(a) is None
+    claims.settle(a)
+    assert claims.claim(b) is None
+    assert claims.get(a.id) is None
+    assert claims.get(b.id) is not None
+    assert claims.claim(keyed("a changed", "ka")) is None  # forgotten: claimed anew
