@@ -105,15 +105,26 @@ def _open(clients: Clients, url: str, count: int, subscribed: Callable[[], int])
     wait_until(lambda: subscribed() >= count, 60, f"{count} subscriptions")
 
 
+@dataclass(frozen=True)
+class _Server:
+    """What a search needs of the server under test: where it is, how many streams it
+    holds, how to send at a rate (`send(rate)()` gives what was sent and extra figures),
+    and the process whose CPU (with its children's) is the server's."""
+
+    url: str
+    subscribed: Callable[[], int]
+    send: Callable[[float], Callable[[], Any]]
+    pid: int
+
+
 def _search(
-    clients: Clients,
-    count: int,
-    opts: Options,
-    open_streams: Callable[[], None],
-    send: Callable[[float], Callable[[], Any]],
-    server_cpu: Callable[[], float],
+    clients: Clients, count: int, opts: Options, server: _Server
 ) -> tuple[Trial[dict[str, Any]] | None, list[Trial[dict[str, Any]]]]:
-    open_streams()
+    _open(clients, server.url, count, server.subscribed)
+    send = server.send
+
+    def server_cpu() -> float:
+        return cpu_seconds(server.pid)
 
     def measure(rate: float) -> tuple[bool, dict[str, Any]]:
         out = _trial(clients, count, rate, opts.trial_seconds, send(rate), server_cpu)
@@ -147,14 +158,7 @@ def _api(clients: Clients, count: int, opts: Options, stack: Stack) -> Any:
         return go
 
     say(f"fanout: api, {count} subscribers")
-    return _search(
-        clients,
-        count,
-        opts,
-        lambda: _open(clients, url, count, subscribed),
-        send,
-        lambda: cpu_seconds(api),
-    )
+    return _search(clients, count, opts, _Server(url, subscribed, send, api))
 
 
 def _baseline(clients: Clients, count: int, opts: Options, workdir: Path) -> Any:
@@ -179,14 +183,7 @@ def _baseline(clients: Clients, count: int, opts: Options, workdir: Path) -> Any
             return go
 
         say(f"fanout: baseline, {count} subscribers")
-        return _search(
-            clients,
-            count,
-            opts,
-            lambda: _open(clients, url, count, subscribed),
-            send,
-            lambda: cpu_seconds(pid),
-        )
+        return _search(clients, count, opts, _Server(url, subscribed, send, pid))
 
 
 def run(opts: Options, stacks: Stacks | None = None) -> Fanout:
