@@ -131,10 +131,11 @@ class Submitter:
         """Send one message; returns it as accepted, or raises `Refusal` or `KeyReused`.
 
         With `keys` (the message has an Idempotency-Key) the key is claimed for this
-        text first (`KeyClaims`, shared by the workers): bound to another text, the
-        answer is `KeyReused`; settled with this text, the earlier message is the
-        answer, sent again only if not settled. Then `keys` (the database) is asked:
-        stored with another text, `KeyReused`; with this text, the stored one.
+        text first (`KeyClaims`, shared by the workers). Bound to another text: the
+        answer is `KeyReused`. Bound to this text and settled: the earlier message is
+        the answer. Otherwise `keys` (the database) is asked: stored with another text,
+        `KeyReused`; with this text, the stored one; not stored, the message is sent
+        (the earlier record again, with its id and `created_at`, when there is one).
 
         Note: a send that times out may still reach Kafka later, and then the message
         is stored although the client saw 503; a retry with the same key gets it
