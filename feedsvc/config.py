@@ -98,7 +98,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     heartbeat_s: Seconds = 15.0
     """The longest silence on an idle feed: a comment heartbeat comes at most this long (and
-    at least 3/4 of it) after the last data, to keep proxies from closing the stream."""
+    at least 15/16 of it) after the last data, to keep proxies from closing the stream."""
 
     subscriber_buffer: Positive = 1024
     """Events one feed client may fall behind before it is told to resume and closed."""

@@ -32,9 +32,12 @@ its step (take, yield, write) in the next turn; waking thousands at once made on
 a whole broadcast, and every post, Kafka acknowledgement and heartbeat in between waited
 for it (POST p99 8 s with 40,000 streams open). The rest are woken a batch a turn."""
 
-TIMEOUT_TICKS = 4
+TIMEOUT_TICKS = 16
 """A wait with a timeout ends within its last 1/TIMEOUT_TICKS (`Fanout.wait_changed`): the
-fanout's one clock ends the waits that are due together, about that many times per timeout."""
+fanout's one clock ends the waits that are due together, about that many times per timeout.
+Fewer ticks mean fewer scans of the waits, but earlier, and so more, heartbeats: at 40,000
+idle streams a scan costs ~2 ms a second and a heartbeat ~75 µs, so ending waits 1/16 early
+at most (3 % more heartbeats on average) costs less than ending them 1/4 early (14 %)."""
 
 DELIVERY_SAMPLE = 16
 """Events whose sequence number is a multiple of this have their delivery time taken, for

@@ -7,7 +7,15 @@ import asyncio
 import pytest
 
 from feedsvc.relay.changefeed import Delete, hlc_value
-from feedsvc.relay.fanout import WAKE_BATCH, Ahead, Fanout, ReplayFrom, Reset, Subscription
+from feedsvc.relay.fanout import (
+    TIMEOUT_TICKS,
+    WAKE_BATCH,
+    Ahead,
+    Fanout,
+    ReplayFrom,
+    Reset,
+    Subscription,
+)
 from feedsvc.relay.frames import EventId, event_id
 from tests.unit.relay.helpers import batches, message, next_frames, parse, row, texts
 
@@ -388,8 +396,8 @@ async def test_a_broadcast_leaves_turns_for_other_work() -> None:
     assert got == list(range(count))
 
 
-async def test_a_wait_times_out_in_its_last_quarter_never_later() -> None:
-    """Waits with a timeout end False between 3/4 of it and all of it, each measured from
+async def test_a_wait_times_out_in_its_last_part_never_later() -> None:
+    """Waits with a timeout end False in the last 1/TIMEOUT_TICKS of it, each measured from
     its own start (waits begun at different times, on one clock); a woken one ends True."""
     loop = asyncio.get_running_loop()
     fan = _fanout(0)
@@ -405,7 +413,7 @@ async def test_a_wait_times_out_in_its_last_quarter_never_later() -> None:
     second = asyncio.create_task(timed())
     for woken, took in await asyncio.wait_for(asyncio.gather(first, second), 5):
         assert woken is False
-        assert seconds * 3 / 4 - 0.02 <= took <= seconds + 0.1, took
+        assert seconds * (1 - 1 / TIMEOUT_TICKS) - 0.02 <= took <= seconds + 0.1, took
     untimed = asyncio.create_task(fan.wait_changed(None))
     timed_but_woken = asyncio.create_task(fan.wait_changed(60))
     await asyncio.sleep(0)
