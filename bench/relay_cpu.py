@@ -22,8 +22,9 @@ import msgspec
 import uvloop
 
 from feedsvc.messages import Message
+from feedsvc.relay.answers import ReplayFrom
 from feedsvc.relay.changefeed import Row
-from feedsvc.relay.fanout import Fanout, ReplayFrom
+from feedsvc.relay.fanout import Fanout
 from feedsvc.relay.stream import FeedStream
 
 HEARTBEAT_S = 15.0

@@ -27,6 +27,7 @@ from aiokafka.errors import OffsetOutOfRangeError
 
 from feedsvc import kafka
 from feedsvc.config import Settings
+from feedsvc.relay.answers import ReplayFrom, Reset
 from feedsvc.relay.changefeed import (
     ChangefeedDecodeError,
     Delete,
@@ -35,8 +36,9 @@ from feedsvc.relay.changefeed import (
     Row,
     decode_record,
 )
-from feedsvc.relay.fanout import Fanout, ReplayFrom, Reset, Subscription
+from feedsvc.relay.fanout import Fanout
 from feedsvc.relay.replay import Replay, ReplaysBusy, SeekBack
+from feedsvc.relay.subscription import Subscription
 
 log = logging.getLogger(__name__)
 

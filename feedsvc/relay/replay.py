@@ -23,10 +23,12 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+from feedsvc.relay.answers import Reset
 from feedsvc.relay.changefeed import Delete, Gap, Resolved, Row
 from feedsvc.relay.dedupe import Deduper
-from feedsvc.relay.fanout import Fanout, Reset, Subscription
+from feedsvc.relay.fanout import Fanout
 from feedsvc.relay.frames import EventId, event_frame, snapshot_frame, tag_of
+from feedsvc.relay.subscription import Subscription
 
 
 class ReplaysBusy(Exception):

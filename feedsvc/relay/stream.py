@@ -33,10 +33,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import anyio
 
 from feedsvc.messages import Message
+from feedsvc.relay.answers import Ahead, ReplayFrom, Reset
 from feedsvc.relay.changefeed import hlc_value
-from feedsvc.relay.fanout import Ahead, Fanout, ReplayFrom, Reset, Subscription
+from feedsvc.relay.fanout import Fanout
 from feedsvc.relay.frames import PING, message_frame, reset_frame, resume_frame, retry_frame
 from feedsvc.relay.replay import ReplaysBusy
+from feedsvc.relay.subscription import Subscription
 
 log = logging.getLogger(__name__)
 

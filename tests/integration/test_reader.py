@@ -18,8 +18,10 @@ from devstack import KafkaBroker
 from devstack.poll import wait_for
 from feedsvc.config import load_settings
 from feedsvc.messages import FEED_RESTART_KEY, FeedRestart, encode_feed_restart
-from feedsvc.relay.fanout import Fanout, ReplayFrom, Reset, Subscription
+from feedsvc.relay.answers import ReplayFrom, Reset
+from feedsvc.relay.fanout import Fanout
 from feedsvc.relay.reader import RECREATED, CommittedReader
+from feedsvc.relay.subscription import Subscription
 from tests.support import native_only
 from tests.unit.relay.helpers import parse
 

@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 from feedsvc.messages import Message
 from feedsvc.relay.changefeed import Row
-from feedsvc.relay.fanout import Subscription
+from feedsvc.relay.fanout import Fanout
+from feedsvc.relay.subscription import Subscription
 
 EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -57,3 +58,17 @@ async def batches(sub: Subscription) -> AsyncIterator[list[bytes]]:
     """Every batch of `sub`'s frames until the stream ends."""
     while frames := await next_frames(sub):
         yield frames
+
+
+def fanout_with(n: int, ring_size: int = 100, buffer_size: int = 50) -> Fanout:
+    """A fanout that has published messages 0..n-1 at offsets 0..n-1."""
+    fan = Fanout(ring_size, buffer_size)
+    for i in range(n):
+        fan.publish(i, row(i))
+    return fan
+
+
+def subscribed(answer: object) -> Subscription:
+    """`answer`, which must be a subscription."""
+    assert isinstance(answer, Subscription), answer
+    return answer

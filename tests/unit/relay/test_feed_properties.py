@@ -5,9 +5,11 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from feedsvc.relay.answers import Ahead, ReplayFrom, Reset
 from feedsvc.relay.changefeed import Resolved, Row, hlc_value
-from feedsvc.relay.fanout import Ahead, Fanout, ReplayFrom, Reset, Subscription
+from feedsvc.relay.fanout import Fanout
 from feedsvc.relay.replay import Replay, SeekBack
+from feedsvc.relay.subscription import Subscription
 from tests.unit.relay.helpers import message, parse
 
 HISTORY = 3

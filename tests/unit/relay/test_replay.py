@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from feedsvc.relay.answers import ReplayFrom, Reset
 from feedsvc.relay.changefeed import Delete, Gap, Row
-from feedsvc.relay.fanout import Fanout, ReplayFrom, Reset, Subscription
+from feedsvc.relay.fanout import Fanout
 from feedsvc.relay.frames import EventId, event_id
 from feedsvc.relay.replay import Replay
+from feedsvc.relay.subscription import Subscription
 from tests.unit.relay.helpers import message, row, texts
 
 

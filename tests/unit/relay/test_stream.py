@@ -8,12 +8,14 @@ from collections.abc import AsyncIterator
 import anyio
 
 from feedsvc.messages import Message
+from feedsvc.relay.answers import ReplayFrom, Reset
 from feedsvc.relay.changefeed import hlc_value
-from feedsvc.relay.fanout import Fanout, ReplayFrom, Reset, Subscription
+from feedsvc.relay.fanout import Fanout
 from feedsvc.relay.frames import PING, event_id, parse_event_id, retry_frame
 from feedsvc.relay.reader import RECREATED
 from feedsvc.relay.replay import ReplaysBusy
 from feedsvc.relay.stream import BUSY, BUSY_RETRY_MS, RETRY_MS, FeedStream, History
+from feedsvc.relay.subscription import Subscription
 from tests.unit.relay.helpers import message, parse, row, texts
 
 
