@@ -15,13 +15,13 @@ from typing import Any
 
 import msgspec
 
-from bench import fanout, faults, idle, ingest, overload, resume
+from bench import churn, fanout, faults, idle, ingest, overload, resume
 from bench.proc import raise_fd_limit
 from bench.report import emit, say, summary
 from bench.result import All
 from bench.stack import Stacks
 
-SCENARIOS = ("ingest", "overload", "fanout", "idle", "resume", "faults")
+SCENARIOS = ("ingest", "overload", "fanout", "idle", "churn", "resume", "faults")
 
 
 SHARED_ENV = {"FEED_MAX_SUBSCRIBERS": "42000", "FEED_MAX_BACKLOG": str(overload.BACKLOG_LIMIT)}
@@ -41,6 +41,8 @@ def _scenario(args: argparse.Namespace, name: str, stacks: Stacks) -> msgspec.St
         return fanout.run(fanout.Options.make(quick, args.subscribers), stacks)
     if name == "idle":
         return idle.run(idle.Options.make(quick, args.connections), stacks)
+    if name == "churn":
+        return churn.run(churn.Options.make(quick, args.streams, args.rate, args.seconds), stacks)
     if name == "resume":
         return resume.run(resume.Options.make(quick), stacks)
     return faults.run(faults.Options.make(quick), stacks)
@@ -69,6 +71,10 @@ def parser() -> argparse.ArgumentParser:
     )
     p = add("idle", "as many idle feed connections as one api worker holds")
     p.add_argument("--connections", type=int, default=0, help="up to (40000; quick 4000)")
+    p = add("churn", "streams leaving and joining among N idle ones: api CPU per leave+join")
+    p.add_argument("--streams", type=int, nargs="+", default=None, help="counts (1000 10000 40000)")
+    p.add_argument("--rate", type=float, default=0.0, help="leave+joins per second (50)")
+    p.add_argument("--seconds", type=float, default=0.0, help="each window (30; quick 10)")
     add("resume", "clients drop together and resume behind while posts go on")
     add("faults", "SIGKILL writer and api, restart Kafka and the database, under load")
     p = add("all", "every scenario in turn, on one shared stack")

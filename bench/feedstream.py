@@ -223,6 +223,32 @@ class _Worker:
         errors = [repr(o) for o in outcomes if isinstance(o, BaseException)]
         return len(errors), errors[0] if errors else ""
 
+    async def churn(
+        self, host: str, port: int, path: str, rate: float, seconds: float
+    ) -> tuple[int, int, str]:
+        """Close the oldest stream and open a new one in its place, `rate` times a second
+        for `seconds`; the number opened, the number that failed and the first error."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        opening: list[asyncio.Future[None]] = []
+        i = 0
+        while (at := start + i / rate) < start + seconds and self.streams:
+            await asyncio.sleep(max(0.0, at - loop.time()))
+            old = self.streams.pop(0)
+            old.drop()
+            new = FeedStream(host, port, path, old.local_addr)
+            self.streams.append(new)
+            opening.append(asyncio.ensure_future(self._open(new)))
+            i += 1
+        outcomes = await asyncio.gather(*opening, return_exceptions=True)
+        errors = [repr(o) for o in outcomes if isinstance(o, BaseException)]
+        return len(outcomes) - len(errors), len(errors), errors[0] if errors else ""
+
+    @staticmethod
+    async def _open(stream: FeedStream) -> None:
+        await stream.connect()
+        await asyncio.wait_for(stream.opened, 60)
+
     async def reopen(self) -> tuple[int, str]:
         """Reconnect every dropped stream at once, each with its last event id."""
         streams = [s for s in self.streams if s.dropped]
@@ -282,6 +308,8 @@ class _Worker:
                 for stream in self.streams:
                     stream.drop()
                 pipe.send(len(self.streams))
+            elif command == "churn":
+                pipe.send(await self.churn(*args))
             elif command == "reopen":
                 pipe.send(await self.reopen())
             elif command == "collect":
@@ -372,6 +400,21 @@ class Clients:
     def drop(self) -> int:
         """Close every stream from the client side at once; how many."""
         return sum(int(x) for x in self._all("drop"))
+
+    def churn(self, url: str, path: str, rate: float, seconds: float) -> tuple[int, int]:
+        """Replace the oldest stream by a new one to `url` + `path`, `rate` times a second
+        across the workers, for `seconds`; how many opened and how many failed."""
+        host, port = httpx.URL(url).host, httpx.URL(url).port
+        n = len(self.pipes)
+        for pipe in self.pipes:
+            pipe.send(("churn", host, port, path, rate / n, seconds))
+        opened = failed = 0
+        for pipe in self.pipes:
+            good, bad, error = pipe.recv()
+            if bad:
+                say(f"clients: {bad} streams failed to reopen, first: {error}")
+            opened, failed = opened + good, failed + bad
+        return opened, failed
 
     def reopen(self) -> int:
         """Reconnect every dropped stream with its last event id; how many failed."""

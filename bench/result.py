@@ -88,6 +88,28 @@ class Idle(msgspec.Struct, frozen=True, kw_only=True):
     conditions: dict[str, Any]
 
 
+class ChurnRun(msgspec.Struct, frozen=True, kw_only=True):
+    """One stream count of `churn`: the api's CPU per leave+join, its idle CPU subtracted."""
+
+    streams: int
+    held: int
+    leave_joins: int
+    failed: int
+    rate_per_s: float
+    api_cpu_us_per_leave_join: float | None
+    churn_cpu_pct: float
+    idle_cpu_pct: float
+    ratio_to_first: float | None
+
+
+class Churn(msgspec.Struct, frozen=True, kw_only=True):
+    """`churn`: streams leaving and joining among N idle ones, at several N."""
+
+    scenario: str = "churn"
+    runs: list[ChurnRun]
+    conditions: dict[str, Any]
+
+
 class Resume(msgspec.Struct, frozen=True, kw_only=True):
     """`resume`: clients drop together and reconnect behind while posts continue."""
 

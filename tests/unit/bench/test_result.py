@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from bench.report import emit
-from bench.result import FanoutRun, FaultRun, Idle, Ingest, Overload, Resume
+from bench.result import ChurnRun, FanoutRun, FaultRun, Idle, Ingest, Overload, Resume
 
 KEYS: dict[type[msgspec.Struct], set[str]] = {
     Ingest: {
@@ -25,6 +25,7 @@ KEYS: dict[type[msgspec.Struct], set[str]] = {
         "baseline_deliveries_per_s", "ratio_to_baseline",
     },
     Idle: {"connections", "rss_per_conn_kb", "heartbeat_cpu_pct", "post_p99_ms"},
+    ChurnRun: {"streams", "held", "api_cpu_us_per_leave_join", "idle_cpu_pct", "ratio_to_first"},
     Resume: {"clients", "catch_up_s", "gaps", "duplicates", "kafka_consumers_max"},
     FaultRun: {
         "fault", "accepted", "stored", "delivered_to_every_client", "lost",
@@ -35,7 +36,7 @@ KEYS: dict[type[msgspec.Struct], set[str]] = {
 
 @pytest.mark.parametrize("shape", list(KEYS), ids=lambda s: s.__name__)
 def test_each_shape_has_the_keys_the_issue_names(shape: type[msgspec.Struct]) -> None:
-    """Every key of issue 12's table for the scenario is a field of its Struct."""
+    """Every key the issues name for the scenario (12; 17 for churn) is a field of its Struct."""
     assert KEYS[shape] <= set(shape.__struct_fields__)
 
 
