@@ -72,7 +72,7 @@ def parser() -> argparse.ArgumentParser:
     p = add("idle", "as many idle feed connections as one api worker holds")
     p.add_argument("--connections", type=int, default=0, help="up to (40000; quick 4000)")
     p = add("churn", "streams leaving and joining among N idle ones: api CPU per leave+join")
-    p.add_argument("--streams", type=int, nargs="+", default=None, help="counts (1000 10000 40000)")
+    p.add_argument("--streams", type=int, nargs="+", default=None, help="counts (1000 10000 36000)")
     p.add_argument("--rate", type=float, default=0.0, help="leave+joins per second (50)")
     p.add_argument("--seconds", type=float, default=0.0, help="each window (30; quick 10)")
     add("resume", "clients drop together and resume behind while posts go on")
