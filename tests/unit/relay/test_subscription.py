@@ -10,6 +10,7 @@ from feedsvc.relay.fanout import Fanout
 from feedsvc.relay.frames import EventId, event_id
 from feedsvc.relay.subscription import Subscription
 from feedsvc.relay.waits import WAKE_BATCH
+from tests.unit.relay.fakes import FakeClock
 from tests.unit.relay.helpers import (
     batches,
     fanout_with,
@@ -242,3 +243,41 @@ async def _callbacks_of_a_leave(waiting: int) -> int:
 async def test_the_work_of_a_leave_does_not_grow_with_the_streams_open() -> None:
     """A leave schedules as much work with 2,000 streams waiting as with 10."""
     assert await _callbacks_of_a_leave(2_000) == await _callbacks_of_a_leave(10)
+
+
+async def test_a_restart_ends_the_waiting_streams_a_batch_per_turn() -> None:
+    """A restart ends every waiting stream, `WAKE_BATCH` per loop turn as a broadcast does,
+    though each stream is closed at once."""
+    loop = asyncio.get_running_loop()
+    fan = fanout_with(0)
+    count = 2 * WAKE_BATCH + 10
+    ended: list[int] = []
+
+    async def stream(n: int) -> None:
+        sub = subscribed(fan.subscribe(None))
+        assert await next_frames(sub) == []
+        assert sub.reset_reason == "the topic was recreated"
+        ended.append(n)
+
+    tasks = [asyncio.create_task(stream(n)) for n in range(count)]
+    await asyncio.sleep(0)
+    seen_by_other_work: list[int] = []
+    fan.restart(0, 0, "the topic was recreated")
+    loop.call_soon(lambda: seen_by_other_work.append(len(ended)))
+    await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert seen_by_other_work == [WAKE_BATCH]
+    assert sorted(ended) == list(range(count))
+
+
+async def test_nothing_within_the_seconds_is_none_on_the_fanouts_clock() -> None:
+    """A wait for frames ends None once its seconds have passed on the fanout's clock."""
+    clock = FakeClock()
+    fan = Fanout(100, 50, clock=clock)
+    sub = subscribed(fan.subscribe(None))
+    waiting = asyncio.create_task(sub.next_frames_within(15))
+    await asyncio.sleep(0)
+    clock.advance(14)
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    clock.advance(1)
+    assert await waiting is None
