@@ -352,7 +352,8 @@ async def test_sigterm_writer_and_api_exit_cleanly(make_stack: MakeStack) -> Non
     author = _author()
     writer = stack.service("writer")
     api = stack.service("api")
-    async with Stream(stack.api_url, author).running() as stream:
+    # Past the proxy: what is judged is this process's answers while it shuts down.
+    async with Stream(stack.replica_url(), author).running() as stream:
         await wait_for(
             lambda: stored_ids(stack, author), lambda ids: len(ids) >= 50, 30, "a first batch"
         )
