@@ -1,7 +1,7 @@
 """The front door (HAProxy) in front of several api replicas, and the replica-death drill.
 
-Guarantees: ARCHITECTURE.md#front-door, ARCHITECTURE.md#no-gaps (DESIGN.md §2.8: one
-replica's death loses nothing accepted and every stream resumes on another replica).
+Guarantees: ARCHITECTURE.md#front-door, ARCHITECTURE.md#replica-death (one replica's
+death loses nothing accepted and every stream resumes on another replica without a gap).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from bench.feedstream import FeedStream
 from devstack import Stack
 from devstack.procs import signal_pid
-from tests.support import native_only, stored_ids, wait_for
+from tests.support import SseReader, native_only, stored_ids, wait_for
 
 pytestmark = [pytest.mark.stack, native_only]
 
@@ -194,3 +194,50 @@ async def test_replica_killed_loses_nothing_and_every_stream_resumes(
     assert len(refused) <= poster.workers, refused
     assert not [s for s in streams if s.duplicates], "no stream read a message twice"
     assert all(mine(s) == order for s in streams), "every stream saw every message, in order"
+
+
+@pytest.mark.slow
+async def test_quiet_stream_outlives_the_proxy_idle_timeouts(make_stack: MakeStack) -> None:
+    """A feed with nothing to say stays open past the proxy's idle timeouts on heartbeats."""
+    idle_s = 2.0
+    # Heartbeats every second (the tests' setting), the proxy's idle timeouts at 2 s.
+    stack = make_stack({"FEEDSVC_PROXY_STREAM_TIMEOUT": f"{idle_s:.0f}s"})
+    author = "fd_" + uuid.uuid4().hex[:20]
+    async with (
+        httpx.AsyncClient(base_url=stack.api_url, timeout=30) as http,
+        http.stream("GET", "/feed", params={"limit": 0}) as response,
+    ):
+        sse = SseReader(response)
+        until = time.monotonic() + 3 * idle_s
+        while time.monotonic() < until:  # heartbeats only: nobody posts
+            event = await sse.next(within=3 * idle_s)
+            assert event is not None, "the proxy closed a quiet stream"
+            assert event.event == "comment"
+        posted = await http.post("/messages", json={"author": author, "text": "still here"})
+        assert posted.status_code == 202
+        got = await sse.messages(1)
+        assert got[0].json()["id"] == posted.json()["id"]
+
+
+@pytest.mark.slow
+async def test_with_no_replica_ready_the_proxy_answers_in_the_apis_terms(
+    make_stack: MakeStack,
+) -> None:
+    """No replica ready: POST gets 503 + Retry-After as JSON, /feed 200 with a retry hint."""
+    stack = make_stack()
+    await anyio.to_thread.run_sync(stack.service("api").terminate, 15.0)
+    await wait_for(
+        lambda: anyio.to_thread.run_sync(stack.proxy.server_states),
+        lambda states: states.get("api") == "DOWN",
+        30,
+        "the proxy to mark the replica down",
+    )
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=10) as http:
+        refused = await http.post("/messages", json={"author": "nobody", "text": "hello"})
+        assert refused.status_code == 503
+        assert int(refused.headers["retry-after"]) >= 1
+        assert refused.json()["error"] == "unavailable"
+        feed = await http.get("/feed")
+        assert feed.status_code == 200
+        assert feed.headers["content-type"].startswith("text/event-stream")
+        assert feed.text.startswith("retry: ")
