@@ -86,6 +86,11 @@ def test_only_ready_replicas_get_traffic() -> None:
     assert default_of("default-server").startswith("check ")
 
 
+def test_a_vanished_client_is_let_go_at_once() -> None:
+    """A client's close aborts the request at the replica too, not at its next heartbeat."""
+    assert "option abortonclose" in directives()
+
+
 def test_nothing_buffers_or_compresses_the_event_stream() -> None:
     """No compression and no response buffering: SSE frames pass as the api writes them."""
     assert not [d for d in directives() if d.split()[0] in ("compression", "filter")]
