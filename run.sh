@@ -102,7 +102,8 @@ fi
 # --- Where things are ---------------------------------------------------------
 # The published address, e.g. 127.0.0.1:8000 (a free port when the .env left it empty).
 address() { docker compose port "$1" "$2" 2>/dev/null | tail -n 1; }
-api="$(address api 8000)"
+# The front door (haproxy) in front of the api replicas: what users and the bot hit.
+api="$(address haproxy 8000)"
 console="$(address roach1 8080)"
 sql="$(address roach1 26257)"
 kafka="$(address kafka 9094)"
@@ -144,6 +145,6 @@ feedsvc is up.
   Kafka from the host  ${kafka}
   Bot message rate     curl http://${bot}/rate
                        curl -X PUT -H 'Content-Type: application/json' -d '{"rate": 50}' http://${bot}/rate   (messages per second)
-  Logs                 docker compose logs -f api writer
+  Logs                 docker compose logs -f haproxy api writer
   Stop                 ./stop.sh (keeps the data), ./stop.sh --purge (deletes it)
 EOF

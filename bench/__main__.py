@@ -19,7 +19,7 @@ from bench import churn, fanout, faults, idle, ingest, overload, resume
 from bench.proc import raise_fd_limit
 from bench.report import emit, say, summary
 from bench.result import All
-from bench.stack import Stacks
+from bench.stack import PATHS, Stacks
 
 SCENARIOS = ("ingest", "overload", "fanout", "idle", "churn", "resume", "faults")
 
@@ -56,6 +56,12 @@ def parser() -> argparse.ArgumentParser:
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--quick", action="store_true", help="a shortened run, the same keys")
+        p.add_argument(
+            "--path",
+            choices=PATHS,
+            default="proxy",
+            help="through the front door (proxy, the default) or straight to the api (direct)",
+        )
         return p
 
     p = add("ingest", "POSTs at the highest sustainable rate, beside the bare handler")
@@ -86,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the scenario(s); 0 when each printed its result."""
     args = parser().parse_args(argv)
     if args.scenario != "all":
-        result = _scenario(args, args.scenario, Stacks())
+        result = _scenario(args, args.scenario, Stacks(path=args.path))
         summary(args.scenario, result)
         emit(result)
         return 0
@@ -96,10 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     defaults = parser()
     # The shared stack's processes inherit the limit: raise it before they start.
     raise_fd_limit(50_000)
-    stacks = Stacks() if args.fresh else Stacks(shared_env=SHARED_ENV)
+    stacks = Stacks(path=args.path) if args.fresh else Stacks(shared_env=SHARED_ENV, path=args.path)
     try:
         for name in SCENARIOS:
-            one = defaults.parse_args([name, *(["--quick"] if args.quick else [])])
+            one = defaults.parse_args(
+                [name, "--path", args.path, *(["--quick"] if args.quick else [])]
+            )
             say(f"=== {name} ({time.monotonic() - began:.0f}s in) ===")
             try:
                 result = _scenario(one, name, stacks)

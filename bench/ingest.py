@@ -4,7 +4,9 @@ Loads the api with wrk, keeps every id answered with 202, waits for the writer t
 them and reports accepted and stored rates, lost and duplicated ids, POST latency, and the
 api's CPU per accepted post. The baseline, a bare Litestar handler that only validates the
 same body (`bench.baseline_ingest`), is loaded the same way in the same run. The
-changefeed stand-in is left out: it is CockroachDB's work in production.
+changefeed stand-in is left out: it is CockroachDB's work in production. Through the
+proxy (the default path), the same load then goes straight to the api too, and the
+proxy's cost is reported beside it (`conditions.proxy_cost`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from shutil import rmtree
 from bench.proc import cpu_seconds
 from bench.report import loadavg, machine, say
 from bench.result import Ingest
-from bench.stack import Stacks, baseline_server, pid_of, stored_count, stored_ids
+from bench.stack import Stacks, baseline_server, describe, pid_of, stored_count, stored_ids
 from bench.stats import ratio
 from bench.wrk import Load
 from devstack.poll import wait_settled
@@ -52,10 +54,12 @@ class Options:
 def run(opts: Options, stacks: Stacks | None = None) -> Ingest:
     """Start a stack, measure the baseline then the api; the result."""
     workdir = Path(tempfile.mkdtemp(prefix="feedsvc-bench-"))
-    shared = stacks is not None and stacks.shared
+    stacks = stacks or Stacks()
+    shared = stacks.shared
+    proxy_cost: dict[str, float | int | None] | None = None
     try:
         env = {"FEED_API_WORKERS": str(opts.workers)} if opts.workers else None
-        with (stacks or Stacks()).get(("writer", "api"), env) as stack:
+        with stacks.get(("writer", "api"), env) as stack:
             load_before = loadavg()
             say(f"ingest: baseline, bare Litestar handler for {opts.baseline_seconds:g}s")
             with baseline_server("baseline_ingest", workdir) as (server, url):
@@ -67,14 +71,35 @@ def run(opts: Options, stacks: Stacks | None = None) -> Ingest:
             api = pid_of(stack, "api")
             db = stack.database_url
             base_rows = stored_count(db)
+            proxy = pid_of(stack, "proxy") if stacks.path == "proxy" else None
+            proxy_cpu0 = cpu_seconds(proxy) if proxy else 0.0
             began, cpu0 = time.monotonic(), cpu_seconds(api)
             load = Load(stack.api_url, opts.seconds, opts.rate, opts.connections).run(workdir)
             api_cpu = cpu_seconds(api) - cpu0
+            proxy_cpu = cpu_seconds(proxy) - proxy_cpu0 if proxy else 0.0
             load_after = loadavg()
             accepted = len(load.ids)
             say(f"ingest: {accepted} accepted; waiting for the writer to store them")
             _, stored_at = wait_settled(lambda: stored_count(db) - base_rows, accepted, 15, 120)
             stored = stored_ids(db)
+            if proxy:
+                say(f"ingest: the same {opts.seconds:g}s straight to the api, for the proxy's cost")
+                cpu0 = cpu_seconds(api)
+                direct = Load(stack.replica_url(), opts.seconds, opts.rate, opts.connections).run(
+                    workdir
+                )
+                direct_cpu = cpu_seconds(api) - cpu0
+                proxy_cost = {
+                    "direct_accepted_per_s": round(len(direct.ids) / direct.duration_s),
+                    "direct_post_p50_ms": direct.latency_ms("p50"),
+                    "direct_post_p99_ms": direct.latency_ms("p99"),
+                    "direct_api_cpu_us_per_post": round(1e6 * direct_cpu / len(direct.ids), 1)
+                    if direct.ids
+                    else None,
+                    "proxy_cpu_us_per_post": round(1e6 * proxy_cpu / len(load.ids), 1)
+                    if load.ids
+                    else None,
+                }
     finally:
         rmtree(workdir, ignore_errors=True)
     stored_set, accepted_set = set(stored), set(load.ids)
@@ -111,6 +136,8 @@ def run(opts: Options, stacks: Stacks | None = None) -> Ingest:
             "stored_unacknowledged": new_rows - len(accepted_set & stored_set),
             "stored_per_s": "stored rows over max(load, load start to the last row stored)",
             "load_generator": "wrk, 1 thread (same machine)",
+            "path": describe(stacks.path),
+            "proxy_cost": proxy_cost,
             "api_workers": opts.workers or "one per core",
             "processes": "1 api, 1 writer, PostgreSQL, 1 Kafka broker; "
             + (

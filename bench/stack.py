@@ -1,6 +1,8 @@
 """The servers a scenario runs against: a fresh native stack, a baseline app, their metrics.
 
 The stack is `devstack.Stack`, started in a scratch directory of its own and removed after.
+The path decides what a scenario's `stack.api_url` is: `proxy` (the default), the front
+door users hit, HAProxy in front of the api; `direct`, the api replica itself.
 """
 
 from __future__ import annotations
@@ -22,18 +24,34 @@ from devstack import Service, Stack, StackError, free_port, scratch_dir
 REPO = Path(__file__).resolve().parents[1]
 
 
+PATHS = ("proxy", "direct")
+"""How the load reaches the api: through the front door (HAProxy), or straight to it."""
+
+
+def describe(path: str) -> str:
+    """The path, as results name it."""
+    if path == "proxy":
+        return "proxy: HAProxy (proxy/haproxy.cfg) in front of 1 api replica"
+    return "direct: straight to the api replica, no proxy"
+
+
 @contextmanager
 def fresh_stack(
     *,
     roles: Sequence[str],
     extra_env: Mapping[str, str] | None = None,
+    path: str = "proxy",
     log: Callable[[str], None] = say,
 ) -> Iterator[Stack]:
     """A native stack started in a scratch directory of its own; stopped and removed after."""
+    if path not in PATHS:
+        raise StackError(f"path {path!r}: expected one of {', '.join(PATHS)}")
     root = scratch_dir("feedsvc-bench-stack-")
+    if path == "proxy":
+        roles = (*roles, "proxy")
     stack = Stack(root, extra_env, roles=roles, log=log)
     try:
-        log(f"starting a fresh stack in {root}")
+        log(f"starting a fresh stack in {root}; {describe(path)}")
         stack.up()
         yield stack
     finally:
@@ -56,8 +74,9 @@ class Stacks:
     the stack, runs last.
     """
 
-    def __init__(self, *, shared_env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, *, shared_env: Mapping[str, str] | None = None, path: str = "proxy") -> None:
         self.shared = shared_env is not None
+        self.path = path
         self._env = dict(shared_env or {})
         self._stack: Stack | None = None
         self._open = ExitStack()  # the shared stack's fresh_stack, left on `close`
@@ -68,13 +87,13 @@ class Stacks:
     ) -> Iterator[Stack]:
         """A running stack with at least `roles` and `extra_env`."""
         if not self.shared:
-            with fresh_stack(roles=roles, extra_env=extra_env) as stack:
+            with fresh_stack(roles=roles, extra_env=extra_env, path=self.path) as stack:
                 yield stack
             return
         if self._stack is None:
             say("one stack for every scenario")
             self._stack = self._open.enter_context(
-                fresh_stack(roles=ALL_ROLES, extra_env=self._env)
+                fresh_stack(roles=ALL_ROLES, extra_env=self._env, path=self.path)
             )
         else:
             if not all(self._stack.status().values()):

@@ -13,19 +13,27 @@ from devstack.stack import DEFAULT_ROOT, Stack
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m devstack up|down|status [--root DIR]`."""
+    """`python -m devstack up|down|status [--root DIR] [--replicas N]`."""
     parser = argparse.ArgumentParser(
-        description="The native stack: PostgreSQL, Kafka, feedsvc processes."
+        description="The native stack: PostgreSQL, Kafka, feedsvc processes, the proxy in front."
     )
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument(
         "--root", type=Path, default=Path(os.environ.get("LOCAL_STACK_DIR") or DEFAULT_ROOT)
     )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=int(os.environ.get("FEEDSVC_API_REPLICAS") or 2),
+        help="api replicas behind the proxy (FEEDSVC_API_REPLICAS, 2 as in compose)",
+    )
     args = parser.parse_args(argv)
-    stack = Stack(args.root)
+    stack = Stack(args.root, replicas=args.replicas)
     try:
         if args.command == "up":
             stack.up()
+            for name in stack.replicas:
+                print(f"replica {name}: {stack.replica_url(name)}")
             print(f"FEED_URL={stack.api_url}")
         elif args.command == "down":
             stack.down()

@@ -1,8 +1,11 @@
-"""The whole native stack under one root: PostgreSQL, Kafka and the feedsvc processes.
+"""The whole native stack under one root: PostgreSQL, Kafka, the feedsvc processes, the proxy.
 
-`Stack` is what `scripts/local-stack`, the tests and the benchmarks start; `ExternalStack`
-is the same thing without the servers: only the feedsvc processes, against a database and
-Kafka that run elsewhere (the test container of `scripts/test-in-docker`).
+The api runs as `replicas` processes (each with its FEED_API_WORKERS) on ports of their
+own, behind HAProxy (`devstack/proxy.py`): `api_url` is the proxy's, as users reach it;
+`replica_url` reaches one replica directly. `Stack` is what `scripts/local-stack`, the
+tests and the benchmarks start; `ExternalStack` is the same thing without the servers:
+only the feedsvc processes, against a database and Kafka that run elsewhere (the test
+container of `scripts/test-in-docker`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from devstack.kafka import KafkaBroker
 from devstack.poll import wait_until
 from devstack.postgres import Postgres
 from devstack.procs import REPO, Service, StackError, free_port, listeners
+from devstack.proxy import Proxy
 from feedsvc.workers import worker_count
 
 DEFAULT_ROOT = REPO / ".local-stack"
@@ -28,8 +32,9 @@ DEFAULT_ROOT = REPO / ".local-stack"
 STANDIN = "devstack.standin"
 """The changefeed stand-in's module, run as `python -m devstack.standin` from the repository."""
 
-# The api last: its readiness wait gives the others time to fail visibly first.
-ROLES = ("writer", "changefeed", "api")
+# The api last: its readiness wait gives the others time to fail visibly first; then the
+# proxy in front of it.
+ROLES = ("writer", "changefeed", "api", "proxy")
 
 
 class Stack:
@@ -45,12 +50,17 @@ class Stack:
         extra_env: Mapping[str, str] | None = None,
         *,
         roles: Sequence[str] = ROLES,
+        replicas: int = 1,
         log: Callable[[str], None] = print,
     ) -> None:
+        if replicas < 1:
+            raise StackError(f"replicas={replicas}: the api needs one replica at least")
         self.root = root.resolve()
         self.extra_env = dict(extra_env or {})
         # The processes `up` starts; a test that runs its own stand-in leaves "changefeed" out.
         self.roles = tuple(r for r in ROLES if r in roles)
+        # The api's processes: "api" (the first, as before there were replicas), "api2", ...
+        self.replicas = ("api", *(f"api{i}" for i in range(2, replicas + 1)))
         self._log = log
         self._state_path = self.root / "state.json"
         self.state: dict[str, Any] = {}
@@ -60,8 +70,31 @@ class Stack:
 
     @property
     def api_url(self) -> str:
-        """The api's base URL."""
-        return f"http://127.0.0.1:{self.state['ports']['api']}"
+        """The api's base URL as users reach it: the proxy's, or the one replica's without one."""
+        if "proxy" not in self.roles:
+            return self.replica_url()
+        return f"http://127.0.0.1:{self.state['ports']['proxy']}"
+
+    def replica_url(self, name: str = "api") -> str:
+        """One api replica's base URL, past the proxy (its own /metrics, the direct path)."""
+        return f"http://127.0.0.1:{self.state['ports'][name]}"
+
+    @property
+    def proxy(self) -> Proxy:
+        """The front door in front of the replicas (HAProxy)."""
+        proxy = getattr(self, "_proxy", None)
+        pid = self.state["pids"].get("proxy")
+        if proxy is None or proxy.port != self.state["ports"]["proxy"] or not proxy.service.running:
+            ports = {name: self.state["ports"][name] for name in self.replicas}
+            proxy = Proxy(
+                self.root / "proxy", self.state["ports"]["proxy"], ports, self.env(), pid=pid
+            )
+            self._proxy = proxy
+        return proxy
+
+    def processes(self) -> tuple[str, ...]:
+        """Every process `up` starts, in order: the roles, with the api's replicas in its place."""
+        return tuple(p for r in self.roles for p in (self.replicas if r == "api" else (r,)))
 
     @property
     def database_url(self) -> str:
@@ -89,18 +122,25 @@ class Stack:
         return env
 
     def service(self, role: str) -> Service:
-        """The process of `role` (writer, api, changefeed), adopting a pid from state.json."""
+        """The process of `role` (writer, changefeed, proxy, or a replica: api, api2, ...),
+        adopting a pid from state.json."""
+        if role == "proxy":
+            return self.proxy.service
         # Kept, so that a process started here stays referenced (and is reaped) until down.
         svc = self._services.get(role)
         if svc is None or (svc.returncode is not None or svc.pid is None):
+            env = self.env()
             if role == "changefeed":
                 argv = [sys.executable, "-m", STANDIN]
+            elif role.startswith("api"):
+                argv = [sys.executable, "-m", "feedsvc", "api"]
+                env["FEED_PORT"] = str(self.state["ports"][role])
             else:
                 argv = [sys.executable, "-m", "feedsvc", role]
             svc = Service(
                 role,
                 argv,
-                self.env(),
+                env,
                 self.root / "logs" / f"{role}.log",
                 pid=self.state["pids"].get(role),
             )
@@ -126,8 +166,8 @@ class Stack:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    PORTS: tuple[str, ...] = ("postgres", "kafka", "kafka_controller", "api")
-    """The ports this stack listens on, chosen once and kept in state.json."""
+    PORTS: tuple[str, ...] = ("postgres", "kafka", "kafka_controller", "proxy")
+    """The ports this stack listens on besides the replicas', chosen once, kept in state.json."""
 
     def _read_state(self) -> dict[str, int]:
         """Read state.json, choosing and saving any missing port; returns the ports."""
@@ -137,7 +177,7 @@ class Stack:
             self.state = {}
         self.state.setdefault("pids", {})
         ports: dict[str, int] = self.state.setdefault("ports", {})
-        for name in self.PORTS:
+        for name in (*self.PORTS, *self.replicas):
             if name not in ports:
                 ports[name] = free_port()
         self._save_state()
@@ -189,7 +229,7 @@ class Stack:
     def _start_roles(self) -> None:
         """Start each role's process that is not running; the api last, waited for."""
         started = 0.0  # when the last process was started here
-        for role in self.roles:
+        for role in self.processes():
             svc = self.service(role)
             if svc.running:
                 self._log(f"{role}: already running (pid {svc.pid})")
@@ -201,36 +241,53 @@ class Stack:
             # A process that dies on its first round (bad config, a bug) would otherwise
             # leave `up` reporting success when the api was already up and nothing waited.
             time.sleep(max(0.0, started + 1.5 - time.monotonic()))
-        for role in self.roles:
+        for role in self.processes():
             svc = self.service(role)
             if role in self.state["pids"] and not svc.running:
                 raise StackError(f"{role} exited during start-up:\n{svc.log_tail()}")
 
     def start_role(self, role: str, ready_within: float = 60.0) -> Service:
-        """Start `role`'s process and record its pid; for the api, return once it is ready.
+        """Start `role`'s process and record its pid; for a replica or the proxy, return once
+        it is ready, and a replica once the proxy (if running) routes to it.
 
         Note: also how a drill or a benchmark brings back a process it killed.
         """
+        if role == "proxy":
+            self.proxy.start()
         svc = self.service(role)
         svc.start()
         self.state["pids"][role] = svc.pid
         self._save_state()
-        if role == "api":
-            began = time.monotonic()
-            svc.wait_http_ok(f"{self.api_url}/health/ready", ready_within)
+        began = time.monotonic()
+
+        def left() -> float:
+            return max(1.0, ready_within - (time.monotonic() - began))
+
+        if role in self.replicas:
+            svc.wait_http_ok(f"{self.replica_url(role)}/health/ready", ready_within)
             # Ready is one worker's answer: wait for every worker to listen, so that load
             # started now is spread over all of them.
             workers = worker_count(int(self.env().get("FEED_API_WORKERS") or 0))
-            port = self.state["ports"]["api"]
+            port = self.state["ports"][role]
             wait_until(
                 lambda: listeners(port) >= workers or not svc.running,
-                max(1.0, ready_within - (time.monotonic() - began)),
+                left(),
                 f"{workers} api workers listening on port {port}",
             )
+            if "proxy" in self.roles and self.proxy.service.running:
+                wait_until(
+                    lambda: self.proxy.server_states().get(role) == "UP",
+                    left(),
+                    f"the proxy to route to {role}",
+                )
+        elif role == "proxy":
+            svc.wait_http_ok(f"{self.api_url}/health/ready", ready_within)
         return svc
 
     def _down(self) -> None:
-        self._stop_roles(ROLES)  # all, whoever started them
+        # All, whoever started them, and every replica an earlier `up` recorded.
+        recorded = tuple(sorted(p for p in self.state["pids"] if p.startswith("api")))
+        self._stop_roles(("writer", "changefeed", *recorded, "proxy"))
         if self.kafka.running:
             self.kafka.stop()
             self._log("kafka: stopped")
@@ -251,7 +308,7 @@ class Stack:
     def status(self) -> dict[str, bool]:
         """Which pieces run."""
         result = {"postgres": self.postgres.running, "kafka": self.kafka.running}
-        for role in self.roles:
+        for role in self.processes():
             result[role] = self.service(role).running
         return result
 
@@ -287,6 +344,7 @@ class ExternalStack(Stack):
             raise StackError("an external stack needs a database URL and a Kafka bootstrap")
         self._database_url = database_url
         self._kafka_bootstrap = kafka_bootstrap
+        # No proxy: the test container of scripts/test-in-docker has no haproxy.
         super().__init__(root, extra_env, roles=("writer", "api"), log=log)
 
     @property
@@ -307,7 +365,7 @@ class ExternalStack(Stack):
             )
         return super().service(role)
 
-    PORTS = ("api",)
+    PORTS = ()
 
     def _refresh(self) -> None:
         """Read state.json; there are no servers of ours to bind."""
@@ -323,4 +381,4 @@ class ExternalStack(Stack):
 
     def status(self) -> dict[str, bool]:
         """Which processes run."""
-        return {role: self.service(role).running for role in self.roles}
+        return {role: self.service(role).running for role in self.processes()}

@@ -1,7 +1,9 @@
 """End-to-end fixtures: the feedsvc processes against a real database and a real Kafka.
 
 Natively (the default) the tests start everything: PostgreSQL, a Kafka broker, the
-changefeed stand-in and the feedsvc processes. One stack serves the whole session
+changefeed stand-in, the feedsvc processes and the proxy in front of the api, so that
+`stack.api_url` is the front door users hit (one api replica unless a test asks for
+more; `stack.replica_url()` reaches a replica directly). One stack serves the whole session
 (tests keep apart by unique authors); the outage drills build their own with
 `make_stack`, so stopping a broker or the database never disturbs another test.
 
@@ -67,8 +69,8 @@ def external_stack(environ: Mapping[str, str]) -> ExternalStack:
     )
 
 
-def _native_stack(extra_env: Mapping[str, str] | None = None) -> Stack:
-    stack = Stack(scratch_dir(), {**FAST, **(extra_env or {})}, log=_quiet)
+def _native_stack(extra_env: Mapping[str, str] | None = None, replicas: int = 1) -> Stack:
+    stack = Stack(scratch_dir(), {**FAST, **(extra_env or {})}, replicas=replicas, log=_quiet)
     try:
         stack.up()
     except BaseException:
@@ -92,8 +94,8 @@ def make_stack() -> Iterator[Callable[..., Stack]]:
         )
     made: list[Stack] = []
 
-    def make(extra_env: Mapping[str, str] | None = None) -> Stack:
-        made.append(_native_stack(extra_env))
+    def make(extra_env: Mapping[str, str] | None = None, replicas: int = 1) -> Stack:
+        made.append(_native_stack(extra_env, replicas))
         return made[-1]
 
     yield make

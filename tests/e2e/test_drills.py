@@ -221,8 +221,12 @@ async def test_database_down_backlog_gives_429_then_drains(make_stack: MakeStack
     stack = make_stack({"FEED_MAX_BACKLOG": str(limit), "FEED_BACKLOG_REFRESH_S": "0.1"})
     author = _author()
     stack.postgres.stop()
+    # Past the proxy: the replica's readiness includes the database today, so the proxy
+    # takes it out of rotation and answers 503 itself; this drill judges the api's own
+    # answers (README, "Front door": readiness and the proxy).
+    direct = stack.replica_url()
     try:
-        async with Stream(stack.api_url, author).running() as stream:
+        async with Stream(direct, author).running() as stream:
             await wait_for(
                 _const(lambda s: s.get(429, 0), stream.statuses),
                 lambda n: n >= 5,
@@ -232,8 +236,8 @@ async def test_database_down_backlog_gives_429_then_drains(make_stack: MakeStack
         accepted_in_outage = len(stream.accepted)
         # The lag is read every 0.1 s: the api admits a little more than the limit, no more.
         assert limit <= accepted_in_outage <= limit + 300, accepted_in_outage
-        assert await metric(stack.api_url, "feedsvc_writer_backlog") > limit
-        async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as http:
+        assert await metric(stack.replica_url(), "feedsvc_writer_backlog") > limit
+        async with httpx.AsyncClient(base_url=direct, timeout=30) as http:
             refused = await http.post("/messages", json={"author": author, "text": "busy"})
         assert refused.status_code == 429, refused.text
         assert 1 <= int(refused.headers["retry-after"]) <= 30
@@ -241,7 +245,7 @@ async def test_database_down_backlog_gives_429_then_drains(make_stack: MakeStack
     finally:
         stack.postgres.start()
     await wait_for(
-        lambda: metric(stack.api_url, "feedsvc_writer_backlog"),
+        lambda: metric(stack.replica_url(), "feedsvc_writer_backlog"),
         lambda n: n == 0,
         60,
         "the backlog drained",
@@ -280,7 +284,7 @@ async def test_inflight_limit_refuses_at_once(make_stack: MakeStack) -> None:
             for i in range(4):
                 tg.start_soon(hold, i)
             await wait_for(
-                lambda: metric(stack.api_url, "feedsvc_posts_inflight"),
+                lambda: metric(stack.replica_url(), "feedsvc_posts_inflight"),
                 lambda n: n == 4,
                 10,
                 "4 posts in flight",
@@ -352,7 +356,8 @@ async def test_sigterm_writer_and_api_exit_cleanly(make_stack: MakeStack) -> Non
     author = _author()
     writer = stack.service("writer")
     api = stack.service("api")
-    async with Stream(stack.api_url, author).running() as stream:
+    # Past the proxy: what is judged is this process's answers while it shuts down.
+    async with Stream(stack.replica_url(), author).running() as stream:
         await wait_for(
             lambda: stored_ids(stack, author), lambda ids: len(ids) >= 50, 30, "a first batch"
         )

@@ -1,7 +1,8 @@
 """The api as several worker processes on one port (FEED_API_WORKERS, feedsvc/workers.py).
 
 Which worker holds a connection is read from /proc: the worker process that owns the
-server end of the TCP connection. Each test builds a stack of its own with two workers.
+server end of the TCP connection. Each test builds a stack of its own with two workers,
+and talks to its replica directly, past the proxy: the sockets judged are the replica's.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def _by_worker(pids: list[int], port: int, state: str) -> dict[int, set[int]]:
 
 
 def _api_port(stack: Stack) -> int:
-    return int(stack.api_url.rsplit(":", 1)[1])
+    return int(stack.replica_url().rsplit(":", 1)[1])
 
 
 async def _workers_listening(stack: Stack, count: int) -> list[int]:
@@ -126,7 +127,7 @@ async def test_two_workers_share_the_port_and_each_serves(make_stack: MakeStack)
         for _ in range(40):
             opened += 1
             http = await exits.enter_async_context(
-                httpx.AsyncClient(base_url=stack.api_url, timeout=30)
+                httpx.AsyncClient(base_url=stack.replica_url(), timeout=30)
             )
             response = await exits.enter_async_context(http.stream("GET", "/feed?limit=0"))
             assert response.status_code == 200
@@ -140,7 +141,7 @@ async def test_two_workers_share_the_port_and_each_serves(make_stack: MakeStack)
         assert streams.keys() == set(workers), "40 connections all went to one worker"
         # Each post on a new connection, so both workers take some.
         for i in range(30):
-            async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as one:
+            async with httpx.AsyncClient(base_url=stack.replica_url(), timeout=30) as one:
                 r = await one.post("/messages", json={"author": author, "text": f"w {i}"})
                 assert r.status_code == 202, r.text
                 posted.append(r.json()["id"])
@@ -158,7 +159,7 @@ async def test_two_workers_share_the_port_and_each_serves(make_stack: MakeStack)
         # second).
         scraped: set[int] = set()
         for _ in range(40):
-            async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as one:
+            async with httpx.AsyncClient(base_url=stack.replica_url(), timeout=30) as one:
                 r = await one.get("/metrics")
                 assert r.status_code == 200
                 scraped.add(_server_of(stack, workers, _local_port(r)))
@@ -168,7 +169,7 @@ async def test_two_workers_share_the_port_and_each_serves(make_stack: MakeStack)
         assert scraped == set(workers), "40 scrapes all went to one worker"
 
         async def subscribers() -> float | None:
-            async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as one:
+            async with httpx.AsyncClient(base_url=stack.replica_url(), timeout=30) as one:
                 return _sample((await one.get("/metrics")).text, "feedsvc_feed_subscribers")
 
         await wait_for(subscribers, lambda n: n == opened, 30, "every worker's streams counted")
@@ -188,7 +189,7 @@ async def test_one_key_two_texts_on_two_workers_one_is_refused(make_stack: MakeS
         by_worker: dict[int, httpx.AsyncClient] = {}
         for _ in range(40):
             http = await exits.enter_async_context(
-                httpx.AsyncClient(base_url=stack.api_url, timeout=30)
+                httpx.AsyncClient(base_url=stack.replica_url(), timeout=30)
             )
             r = await http.get("/health")
             by_worker.setdefault(_server_of(stack, workers, _local_port(r)), http)
@@ -239,7 +240,7 @@ async def test_a_killed_worker_is_replaced_and_sigterm_stops_all(make_stack: Mak
     first, second = await _workers_listening(stack, 2)
     author = "w_" + uuid.uuid4().hex[:20]
     accepted: list[str] = []
-    async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as http:
+    async with httpx.AsyncClient(base_url=stack.replica_url(), timeout=30) as http:
         os.kill(first, signal.SIGKILL)
         # The survivor answers meanwhile: a connection refused only where the dead one's
         # queue was (the kernel resets it), never for long.

@@ -58,7 +58,7 @@ case "$*" in
       *) exit 5 ;;
     esac ;;
   compose\ logs*) echo "last lines of ${*: -1}" ;;
-  "compose port api 8000") echo 127.0.0.1:18000 ;;
+  "compose port haproxy 8000") echo 127.0.0.1:18000 ;;
   compose\ port*) echo 127.0.0.1:1 ;;
   compose\ down*) ;;
   *) echo "fake docker: unexpected call: $*" >&2; exit 3 ;;
@@ -106,7 +106,8 @@ def run(
 
 
 def test_run_starts_waits_and_prints_the_urls(tmp_path: Path) -> None:
-    """A healthy start builds, waits with a timeout, and prints the published addresses."""
+    """A healthy start builds, waits with a timeout, and prints the published addresses,
+    the feed's being the front door's (haproxy)."""
     done, calls = run(tmp_path, "run.sh")
     assert done.returncode == 0, done.stderr
     assert "compose build" in calls

@@ -150,13 +150,56 @@ def test_setup_waits_for_cluster_init_and_kafka_health(services: dict[str, Any])
     }
 
 
-def test_app_starts_after_setup_and_bot_after_a_healthy_api(services: dict[str, Any]) -> None:
-    """api and writer wait for setup to finish; the bot waits for a healthy api."""
+def test_app_starts_after_setup_and_bot_after_a_healthy_front_door(
+    services: dict[str, Any],
+) -> None:
+    """api and writer wait for setup; the proxy for a healthy api; the bot for the proxy."""
     for name in ("api", "writer"):
         assert services[name]["depends_on"]["setup"]["condition"] == (
             "service_completed_successfully"
         )
-    assert services["bot"]["depends_on"]["api"]["condition"] == "service_healthy"
+    assert services["haproxy"]["depends_on"]["api"]["condition"] == "service_healthy"
+    assert services["bot"]["depends_on"]["haproxy"]["condition"] == "service_healthy"
+
+
+def test_users_and_the_bot_reach_the_api_through_the_front_door(load: Any) -> None:
+    """The api replicas publish no host port; the proxy publishes the api's, and the bot
+    posts through it."""
+    for config in (load(), load(env_file=ROOT / ".env.example")):
+        services = config["services"]
+        assert not services["api"].get("ports")
+        published = [p["published"] for p in services["haproxy"]["ports"]]
+        assert published == ["8000"]
+        assert services["bot"]["environment"]["BOT_API_URL"] == "http://haproxy:8000"
+
+
+def test_api_replicas_follow_feedsvc_api_replicas(load: Any) -> None:
+    """compose runs FEEDSVC_API_REPLICAS api containers, 2 by default, all behind the proxy."""
+    assert load()["services"]["api"]["deploy"]["replicas"] == 2
+    scaled = load(FEEDSVC_API_REPLICAS="3")["services"]
+    assert scaled["api"]["deploy"]["replicas"] == 3
+    assert int(scaled["haproxy"]["environment"]["FEEDSVC_PROXY_SLOTS"]) >= 3
+
+
+def test_proxy_runs_the_native_config_read_only(services: dict[str, Any]) -> None:
+    """The haproxy service mounts proxy/haproxy.cfg, the file devstack runs, read-only,
+    where the image reads it, and fills its backend from the api service's DNS name."""
+    proxy = services["haproxy"]
+    mounts = {v["target"]: v for v in proxy["volumes"]}
+    cfg = mounts["/usr/local/etc/haproxy/haproxy.cfg"]
+    assert Path(cfg["source"]) == ROOT / "proxy" / "haproxy.cfg"
+    assert cfg["read_only"] is True
+    assert proxy["environment"]["FEEDSVC_PROXY_REPLICAS_DNS"] == "api:8000"
+
+
+def test_proxy_image_is_the_native_haproxy_branch(services: dict[str, Any]) -> None:
+    """The image's HAProxy branch (2.6) is the one scripts/bootstrap installs natively, so
+    `haproxy -c` here vouches for the config compose runs."""
+    image = services["haproxy"]["image"]
+    branch = ".".join(image.split(":", 1)[1].split(".")[:2])
+    assert branch == "2.6", image
+    native = subprocess.run(["haproxy", "-v"], capture_output=True, text=True, check=True)
+    assert f"version {branch}." in native.stdout, native.stdout
 
 
 def test_one_shots_run_once_and_the_rest_restart(services: dict[str, Any]) -> None:
@@ -262,8 +305,8 @@ def test_env_example_names_only_variables_compose_reads(load: Any) -> None:
     assert names
     for name in names:
         assert re.search(r"\$\{" + name + r"\b", text), name
-    api = load(env_file=ROOT / ".env.example", FEEDSVC_API_PORT="18000")["services"]["api"]
-    assert api["ports"][0]["published"] == "18000"
+    proxy = load(env_file=ROOT / ".env.example", FEEDSVC_API_PORT="18000")["services"]["haproxy"]
+    assert proxy["ports"][0]["published"] == "18000"
 
 
 # --- Hardening (issue 11): memory, health probes, disk, volumes, transactions ---
@@ -272,9 +315,11 @@ def test_env_example_names_only_variables_compose_reads(load: Any) -> None:
 # anonymous volume per container, left behind by every ./stop.sh.
 # https://github.com/apache/kafka/blob/trunk/docker/jvm/Dockerfile
 # https://github.com/cockroachdb/cockroach/blob/master/build/deploy/Dockerfile (none)
+# https://github.com/docker-library/haproxy/blob/master/2.6/Dockerfile (none)
 IMAGE_VOLUMES = {
     "apache/kafka": ("/etc/kafka/secrets", "/var/lib/kafka/data", "/mnt/shared/config"),
     "cockroachdb/cockroach": (),
+    "haproxy": (),
 }
 # Concurrent open transactions an unlicensed multi-node cluster allows once its grace
 # period is over; https://www.cockroachlabs.com/docs/v25.4/licensing-faqs#throttling
@@ -378,18 +423,19 @@ def test_external_images_have_known_volumes(load: Any) -> None:
 
 
 def test_pools_fit_the_unlicensed_transaction_limit(load: Any) -> None:
-    """api workers x api pool + writers x writer pool stays below 5, leaving one for
-    `cockroach sql`; the api's worker count is fixed (0, one per core, would let the
+    """api replicas x workers x api pool + writers x writer pool stays below 5, leaving one
+    for `cockroach sql`; the api's worker count is fixed (0, one per core, would let the
     host's cores decide)."""
     for config in (load(), load(env_file=ROOT / ".env.example")):
         services = config["services"]
         api = int(services["api"]["environment"]["FEED_DB_POOL_SIZE"])
         workers = int(services["api"]["environment"]["FEED_API_WORKERS"])
+        replicas = int(services["api"].get("deploy", {}).get("replicas", 1))
         writer = int(services["writer"]["environment"]["FEED_DB_POOL_SIZE"])
         writers = int(services["writer"].get("deploy", {}).get("replicas", 1))
         assert api >= 1 and writer >= 1 and workers >= 1
-        used = workers * api + writers * writer
-        assert used <= THROTTLED_TRANSACTIONS - 1, (workers, api, writers, writer)
+        used = replicas * workers * api + writers * writer
+        assert used <= THROTTLED_TRANSACTIONS - 1, (replicas, workers, api, writers, writer)
 
 
 def test_readme_memory_table_matches_the_limits(services: dict[str, Any]) -> None:

@@ -34,5 +34,8 @@ def test_ingest_quick_prints_its_figures_as_the_last_stdout_line() -> None:
     ):  # fmt: skip
         assert key in result, key
     assert result["accepted_per_s"] > 0
+    # Through the front door by default, with the proxy's cost measured beside it.
+    assert result["conditions"]["path"].startswith("proxy")
+    assert result["conditions"]["proxy_cost"]["direct_accepted_per_s"] > 0
     assert result["lost"] == 0 and result["duplicates"] == 0
     assert "--- ingest ---" in done.stderr  # the human summary goes to stderr

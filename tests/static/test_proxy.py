@@ -1,0 +1,96 @@
+"""proxy/haproxy.cfg, the front door natively and in compose, keeps its limits and routing.
+
+HAProxy's own parser checks the file (`haproxy -c`) in both of its modes; the rest reads
+the directives that carry a guarantee (README, "Front door").
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from devstack.proxy import CONFIG
+from feedsvc.config import Settings
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("FEEDSVC_TEST_BACKEND") == "cockroach",
+    reason="static checks run in native mode, not inside the test container",
+)
+
+
+def directives() -> list[str]:
+    """The config's lines without comments, blank lines or indentation."""
+    lines = (line.split("#", 1)[0].strip() for line in CONFIG.read_text().splitlines())
+    return [line for line in lines if line]
+
+
+def default_of(directive: str) -> str:
+    """The default of the "${VAR-default}" a directive's value is, or its plain value."""
+    found = [line for line in directives() if line.startswith(directive + " ")]
+    assert len(found) == 1, (directive, found)
+    value = found[0].removeprefix(directive + " ")
+    substituted = re.fullmatch(r'"\$\{\w+-([^}]*)\}"', value)
+    return substituted.group(1) if substituted else value
+
+
+def seconds(duration: str) -> float:
+    """An HAProxy time (`45s`, `500ms`, `1m`) in seconds."""
+    found = re.fullmatch(r"(\d+)(ms|s|m|h)", duration)
+    assert found, duration
+    return int(found.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[found.group(2)]
+
+
+@pytest.mark.parametrize("mode", ["native", "compose"])
+def test_haproxy_accepts_the_config(mode: str, tmp_path: Path) -> None:
+    """`haproxy -c` passes natively (with devstack's servers file) and as compose runs it."""
+    argv = ["haproxy", "-c", "-f", str(CONFIG)]
+    env = {"PATH": os.environ["PATH"] + ":/usr/sbin"}
+    if mode == "native":
+        servers = tmp_path / "servers.cfg"
+        servers.write_text("backend api\n    server api 127.0.0.1:8000\n")
+        argv += ["-f", str(servers)]
+    else:
+        env["FEEDSVC_PROXY_REPLICAS_DNS"] = "api:8000"
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_streams_outlive_the_idle_timeouts_by_their_heartbeats() -> None:
+    """A quiet feed stream sends a heartbeat at least twice within each inactivity timeout."""
+    heartbeat = Settings().heartbeat_s
+    for directive in ("timeout client", "timeout server"):
+        assert seconds(default_of(directive)) >= 2 * heartbeat, directive
+
+
+def test_slow_heads_and_bodies_are_cut_before_a_replica_sees_them() -> None:
+    """The head and body must arrive within `timeout http-request`, buffered by the proxy."""
+    assert seconds(default_of("timeout http-request")) <= 30
+    assert "option http-buffer-request" in directives()
+
+
+def test_heads_and_connections_are_capped() -> None:
+    """A request head fits in bufsize - maxrewrite; the proxy holds maxconn connections."""
+    head = int(default_of("tune.bufsize")) - int(default_of("tune.maxrewrite"))
+    assert 8 * 1024 <= head <= 32 * 1024
+    assert int(default_of("maxconn")) > 0
+
+
+def test_only_ready_replicas_get_traffic() -> None:
+    """Replicas are checked on /health/ready, and only a 200 counts."""
+    assert "option httpchk GET /health/ready" in directives()
+    assert "http-check expect status 200" in directives()
+    assert default_of("default-server").startswith("check ")
+
+
+def test_a_vanished_client_is_let_go_at_once() -> None:
+    """A client's close aborts the request at the replica too, not at its next heartbeat."""
+    assert "option abortonclose" in directives()
+
+
+def test_nothing_buffers_or_compresses_the_event_stream() -> None:
+    """No compression and no response buffering: SSE frames pass as the api writes them."""
+    assert not [d for d in directives() if d.split()[0] in ("compression", "filter")]
