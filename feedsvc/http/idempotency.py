@@ -24,6 +24,14 @@ import psycopg
 
 from feedsvc.messages import KeyClaim, Message, text_digest
 
+QUIET_S = 1.0
+"""After a claim found the database failing, claims are refused at once for this long, so
+that during an outage keyed posts do not each hold an in-flight slot for half their budget;
+the first claim after it tries the database again."""
+
+STARVED_S = 0.5
+"""A claim given less time than this that times out does not count as the database failing."""
+
 BATCH = 256
 """Claims per statement at most: a statement's parameters stay far below the protocol's
 65,535, and one turn of a burst does not hold the connection for long."""
@@ -65,8 +73,10 @@ class KeyClaims:
     with the same text then finds it, and another text is refused.
     """
 
-    def __init__(self, store: ClaimStore) -> None:
+    def __init__(self, store: ClaimStore, quiet_s: float = QUIET_S) -> None:
         self._store = store
+        self._quiet_s = quiet_s
+        self._failed_at: float | None = None
         self._waiting: dict[_Answer, KeyClaim] = {}
         self._wake = asyncio.Event()
 
@@ -82,14 +92,19 @@ class KeyClaims:
         database gave no answer by `until`.
         """
         loop = asyncio.get_running_loop()
+        if self._failed_at is not None and loop.time() - self._failed_at < self._quiet_s:
+            raise KeyUnchecked("the database failed a claim just now")
         mine = KeyClaim(message.id, text_digest(message.text), message.created_at)
         answer: _Answer = loop.create_future()
+        given = until - loop.time()
         self._waiting[answer] = mine
         self._wake.set()
         try:
             async with asyncio.timeout_at(until):
                 bound, stored = await answer
         except TimeoutError:
+            if given >= STARVED_S:  # a claim left almost no time says nothing of the database
+                self._failed_at = loop.time()
             raise KeyUnchecked("the database did not answer in time") from None
         finally:
             self._waiting.pop(answer, None)  # gave up before its turn: not sent at all
@@ -120,11 +135,13 @@ class KeyClaims:
         try:
             bound = await self._store.claim(distinct)
         except psycopg.Error as exc:
+            self._failed_at = asyncio.get_running_loop().time()
             failed: BaseException = KeyUnchecked(f"the database refused the claim: {exc!r}")
             for answer, _ in taken:
                 if not answer.done():
                     answer.set_exception(failed)
             return
+        self._failed_at = None
         for answer, c in taken:
             if not answer.done():
                 answer.set_result(bound[c.id])

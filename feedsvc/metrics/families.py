@@ -75,7 +75,7 @@ class PostMetrics:
         )
         self.inflight = Gauge(
             "feedsvc_posts_inflight",
-            "POSTs admitted and not answered yet (key lookup, Kafka send).",
+            "POSTs admitted and not answered yet (key claim, Kafka send).",
             registry=registry,
             multiprocess_mode="livesum",
         )

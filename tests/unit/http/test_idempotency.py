@@ -20,9 +20,9 @@ def keyed(text: str, key: str = "key-1") -> Message:
 
 
 @asynccontextmanager
-async def running(store: FakeClaimStore) -> AsyncIterator[KeyClaims]:
+async def running(store: FakeClaimStore, quiet_s: float = 0) -> AsyncIterator[KeyClaims]:
     """Key claims over `store`, answering while the block runs."""
-    claims = KeyClaims(store)
+    claims = KeyClaims(store, quiet_s)
     async with anyio.create_task_group() as tg:
         tg.start_soon(claims.run)
         yield claims
@@ -116,3 +116,17 @@ async def test_a_database_that_never_answers_is_unchecked_by_the_deadline() -> N
         assert asyncio.get_running_loop().time() - began < 1
         assert claims.waiting == 0
     assert len(store.statements) == 1  # the later two never reached the database
+
+
+async def test_after_a_failure_claims_are_refused_at_once_for_a_while() -> None:
+    """Once a claim found the database failing, the next ones are refused without a
+    statement until the quiet time is over (with none, the next one tries again)."""
+    store = FakeClaimStore(failures=[psycopg.OperationalError("connection refused")])
+    async with running(store, quiet_s=60) as claims:
+        with pytest.raises(KeyUnchecked):
+            await claims.claim(keyed("first"), soon())
+        began = asyncio.get_running_loop().time()
+        with pytest.raises(KeyUnchecked):
+            await claims.claim(keyed("first"), soon())
+        assert asyncio.get_running_loop().time() - began < 0.05
+    assert len(store.statements) == 1
