@@ -136,10 +136,9 @@ class KeyClaims:
             bound = await self._store.claim(distinct)
         except psycopg.Error as exc:
             self._failed_at = asyncio.get_running_loop().time()
-            failed: BaseException = KeyUnchecked(f"the database refused the claim: {exc!r}")
             for answer, _ in taken:
                 if not answer.done():
-                    answer.set_exception(failed)
+                    answer.set_exception(KeyUnchecked(f"the database failed the claim: {exc!r}"))
             return
         self._failed_at = None
         for answer, c in taken:
