@@ -145,7 +145,8 @@ class Submitter:
                 try:
                     bound = await self.claims.claim(message, until)
                 except KeyUnchecked as exc:
-                    log.warning("idempotency key not checked", extra={"error": str(exc)})
+                    # Counted as refused; an outage is logged once, by the health watch.
+                    log.debug("idempotency key not checked", extra={"error": str(exc)})
                     raise Refusal(503, UNCHECKED, 2) from None
                 if bound.stored:
                     return bound.message
