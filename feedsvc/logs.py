@@ -8,6 +8,7 @@ import logging.handlers
 import queue
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -107,10 +108,19 @@ class _Writer:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
-        """Write what is queued, then end the thread."""
-        self.records.put(_STOP)  # waits for room: the marker must get in behind a full queue
-        self._thread.join()
+    def stop(self, timeout_s: float) -> bool:
+        """Write what is queued, then end the thread; False if it did not end in `timeout_s`.
+
+        Note: bounded, so that a stream that no longer takes writes cannot hold up exit.
+        """
+        until = time.monotonic() + timeout_s
+        try:
+            # Waits for room: the marker must get in behind a full queue.
+            self.records.put(_STOP, timeout=timeout_s)
+        except queue.Full:
+            return False
+        self._thread.join(max(until - time.monotonic(), 0))
+        return not self._thread.is_alive()
 
     def _run(self) -> None:
         while True:
@@ -127,13 +137,27 @@ class _Writer:
                     _write_lines(handler, wanted)
                 else:
                     for record in wanted:
-                        handler.handle(record)
+                        try:
+                            handler.handle(record)
+                        except Exception:  # a handler's own failure must not end the thread
+                            handler.handleError(record)
             if len(records) < len(batch):
                 return
 
 
 def _write_lines(handler: logging.StreamHandler[Any], records: list[logging.LogRecord]) -> None:
-    lines = [handler.format(r) for r in records if handler.filter(r)]
+    """Write `records` in one write; one that fails to format is reported and skipped.
+
+    Note: as `StreamHandler.emit` does for one record, a failure goes to `handleError`
+    (a "--- Logging error ---" report on stderr), and the other lines still go out.
+    """
+    lines = []
+    for record in records:
+        try:
+            if handler.filter(record):
+                lines.append(handler.format(record))
+        except Exception:
+            handler.handleError(record)
     if not lines:
         return
     handler.acquire()
@@ -147,7 +171,7 @@ def _write_lines(handler: logging.StreamHandler[Any], records: list[logging.LogR
 
 
 @contextmanager
-def written_by_a_thread(capacity: int = 100_000) -> Iterator[None]:
+def written_by_a_thread(capacity: int = 100_000, stop_timeout_s: float = 5.0) -> Iterator[None]:
     """While open, log records are formatted and written by a thread of their own.
 
     Note: a write to stderr blocks when its reader (a log file on a busy disk, Docker's
@@ -155,7 +179,8 @@ def written_by_a_thread(capacity: int = 100_000) -> Iterator[None]:
     load the access log's write was about half of the api's answering capacity. The
     queue is bounded: when the writer falls `capacity` lines behind, lines are dropped
     and counted (logged when the block ends), never queued without bound. Start it in
-    the process that logs (a thread does not survive fork).
+    the process that logs (a thread does not survive fork). Leaving the block waits at
+    most `stop_timeout_s` for what is queued to be written; what is left then is lost.
     """
     root = logging.getLogger()
     handlers = root.handlers[:]
@@ -168,8 +193,10 @@ def written_by_a_thread(capacity: int = 100_000) -> Iterator[None]:
         yield
     finally:
         root.handlers = handlers
-        listener.stop()  # writes what is queued first
-        if enqueue.dropped:
+        stopped = listener.stop(stop_timeout_s)  # writes what is queued first
+        # Not stopped: the writer is stuck in its stream, and a report would be stuck there
+        # too (behind the handler's lock), so the process leaves without one.
+        if stopped and enqueue.dropped:
             logging.getLogger("feedsvc").warning(
                 "log lines dropped: the log writer fell behind", extra={"dropped": enqueue.dropped}
             )

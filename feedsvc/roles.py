@@ -22,6 +22,7 @@ from feedsvc.acceptor import Acceptor, CoalescingProtocol
 from feedsvc.config import Settings
 from feedsvc.http.admission import Admission
 from feedsvc.http.app import ApiParts, create_app
+from feedsvc.http.health import DatabaseWatch
 from feedsvc.http.idempotency import KeyClaims
 from feedsvc.http.submit import Submitter
 from feedsvc.ingest.deadletters import DeadLetters
@@ -54,15 +55,13 @@ def serve_api(settings: Settings) -> int:
     (in-flight posts, feed streams, the database pool) is per worker.
     """
     count = worker_count(settings.api_workers)
-    # Before any fork: every worker binds Idempotency-Keys in the same table.
-    claims = KeyClaims()
     if count == 1:
 
         def listen() -> socket.socket:
             return listener(settings.host, settings.port, settings.socket_sndbuf, reuse_port=False)
 
         with written_by_a_thread():
-            anyio.run(api, settings, listen, claims, backend_options={"use_uvloop": True})
+            anyio.run(api, settings, listen, backend_options={"use_uvloop": True})
         return 0
     reserved = reserve_port(settings.host, settings.port)
     port = reserved.getsockname()[1]
@@ -74,7 +73,7 @@ def serve_api(settings: Settings) -> int:
             return listener(settings.host, port, settings.socket_sndbuf, reuse_port=True)
 
         with written_by_a_thread():
-            anyio.run(api, settings, listen, claims, backend_options={"use_uvloop": True})
+            anyio.run(api, settings, listen, backend_options={"use_uvloop": True})
         return 0
 
     # Before the first fork, so /metrics on any worker sums every worker's series; a dead
@@ -96,7 +95,7 @@ def _metrics_dir() -> Iterator[str]:
         yield own
 
 
-async def api(settings: Settings, listen: Callable[[], socket.socket], claims: KeyClaims) -> None:
+async def api(settings: Settings, listen: Callable[[], socket.socket]) -> None:
     """Serve HTTP until SIGTERM, then let open requests finish within the grace period.
 
     Note: `listen` is called once everything is open and the feed has caught up, so a
@@ -119,12 +118,16 @@ async def api(settings: Settings, listen: Callable[[], socket.socket], claims: K
         _feed_metrics(metrics, reader, fanout)
         tasks.start_soon(metrics.refresh_every)
         store = MessageStore(pool)
+        claims = KeyClaims(store)
+        tasks.start_soon(claims.run)
+        database = DatabaseWatch(store)
+        tasks.start_soon(database.run)
+        metrics.follow(metrics.health.database_reachable, lambda: int(database.reachable))
         parts = ApiParts(
             settings=settings,
             store=store,
-            submitter=Submitter(
-                producer, admission, metrics, settings.kafka_timeout_s, store, claims
-            ),
+            database=database,
+            submitter=Submitter(producer, admission, metrics, settings.kafka_timeout_s, claims),
             admission=admission,
             metrics=metrics,
             reader=reader,

@@ -33,6 +33,16 @@ POSTGRES_SCHEMA = [
     """,
     # Keyset pagination walks (created_at, id) newest first.
     "CREATE INDEX IF NOT EXISTS messages_created_at_id ON messages (created_at, id)",
+    # Idempotency-Keys bound to their first text (feedsvc.http.idempotency); kept as long
+    # as the messages, since a key forgotten while its message is stored would let a
+    # second text in, and the writer's insert-if-absent would drop it after its 202.
+    """
+    CREATE TABLE IF NOT EXISTS key_claims (
+        id          UUID PRIMARY KEY,
+        digest      BYTEA NOT NULL,
+        created_at  TIMESTAMPTZ NOT NULL
+    )
+    """,
     # The changefeed stand-in's commit clock (`HistorySnapshot`); one row, filled by it.
     """
     CREATE TABLE IF NOT EXISTS changefeed_clock (
@@ -59,6 +69,17 @@ COCKROACH_SCHEMA = [
     # scans from it by merging the shards.
     # https://www.cockroachlabs.com/docs/stable/hash-sharded-indexes
     "CREATE INDEX IF NOT EXISTS messages_created_at_id ON messages (created_at, id) USING HASH",
+    # Idempotency-Keys bound to their first text (feedsvc.http.idempotency), kept as long
+    # as the messages (no `ttl_expire_after`: a claim expiring while its message is stored
+    # would let a second text in). The id is a UUIDv5, a hash: it spreads like a random one.
+    # https://www.cockroachlabs.com/docs/stable/schema-design-table#select-primary-key-columns
+    """
+    CREATE TABLE IF NOT EXISTS key_claims (
+        id          UUID PRIMARY KEY,
+        digest      BYTES NOT NULL,
+        created_at  TIMESTAMPTZ NOT NULL
+    )
+    """,
 ]
 
 
@@ -143,7 +164,7 @@ def ensure_database(conninfo: str) -> None:
 
 
 def ensure_schema(conn: psycopg.Connection[Any]) -> None:
-    """Create the table and its index; safe to run again and concurrently."""
+    """Create the tables and the index; safe to run again and concurrently."""
     for statement in COCKROACH_SCHEMA if is_cockroach(conn) else POSTGRES_SCHEMA:
         conn.execute(statement)
 

@@ -1,4 +1,4 @@
-"""The message table: idempotent batch insert, point and keyset reads."""
+"""The message table (idempotent batch insert, point and keyset reads) and the key claims."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from feedsvc import schema
 from feedsvc.config import Settings
-from feedsvc.messages import Cursor, Message
+from feedsvc.messages import Cursor, KeyClaim, Message
 
 # SQLSTATEs worth retrying: serialization failure and statement completion unknown
 # (https://www.cockroachlabs.com/docs/stable/transaction-retry-error-reference),
@@ -87,6 +87,27 @@ def _insert_statement(rows: int) -> str:
     return f"INSERT INTO messages ({_COLUMNS}) VALUES {values} ON CONFLICT (id) DO NOTHING"
 
 
+@lru_cache(maxsize=64)
+def _claim_statement(rows: int) -> str:
+    # One statement, no transaction held open (ARCHITECTURE.md#licence-throttle). DO UPDATE,
+    # not DO NOTHING: it waits for a concurrent claim of the same id and RETURNs the row
+    # that won (PostgreSQL's DO NOTHING would return nothing, and a read in the same
+    # statement would not see the other's row). It rewrites only the winner's own digest.
+    # https://www.cockroachlabs.com/docs/stable/insert#on-conflict-clause,
+    # https://www.postgresql.org/docs/current/sql-insert.html#SQL-ON-CONFLICT
+    # The INSERT in a CTE lets the same statement say whether the message is stored:
+    # https://www.cockroachlabs.com/docs/stable/common-table-expressions
+    values = ", ".join(["(%s, %s, %s)"] * rows)
+    return (
+        "WITH claimed AS ("
+        f"INSERT INTO key_claims (id, digest, created_at) VALUES {values} "
+        "ON CONFLICT (id) DO UPDATE SET digest = key_claims.digest "
+        "RETURNING id, digest, created_at) "
+        "SELECT c.id, c.digest, c.created_at, m.id IS NOT NULL "
+        "FROM claimed c LEFT JOIN messages m ON m.id = c.id"
+    )
+
+
 def _message(row: TupleRow) -> Message:
     # The session's time zone shapes how timestamps come back; the api speaks UTC only.
     return Message(id=row[0], author=row[1], text=row[2], created_at=row[3].astimezone(UTC))
@@ -112,6 +133,26 @@ class MessageStore:
         async with self._pool.connection() as conn:
             cur = await conn.execute(_insert_statement(len(messages)), params)
             return max(cur.rowcount, 0)
+
+    async def claim(self, claims: Sequence[KeyClaim]) -> dict[uuid.UUID, tuple[KeyClaim, bool]]:
+        """Bind each claim's id to it unless bound already; by id, the binding that holds
+        and whether the id's message is stored.
+
+        Note: ids must be distinct (one statement cannot touch a row twice). Safe to
+        repeat: a claim made again returns the first binding.
+        """
+        if not claims:
+            return {}
+        params: list[object] = []
+        for c in claims:
+            params += (c.id, c.digest, c.created_at)
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(_claim_statement(len(claims)), params)
+            rows = await cur.fetchall()
+        return {
+            row[0]: (KeyClaim(row[0], bytes(row[1]), row[2].astimezone(UTC)), bool(row[3]))
+            for row in rows
+        }
 
     async def get(self, message_id: uuid.UUID) -> Message | None:
         """One message by id."""

@@ -15,6 +15,7 @@ from feedsvc.http.access import AccessLog
 from feedsvc.http.admission import Admission
 from feedsvc.http.door import PostsAtTheDoor
 from feedsvc.http.errors import exception_handlers
+from feedsvc.http.health import DatabaseWatch
 from feedsvc.http.submit import Submitter
 from feedsvc.metrics import Metrics
 from feedsvc.relay.fanout import Fanout
@@ -28,6 +29,7 @@ class ApiParts:
 
     settings: Settings
     store: MessageStore
+    database: DatabaseWatch
     submitter: Submitter
     admission: Admission
     metrics: Metrics
@@ -58,6 +60,7 @@ def create_app(parts: ApiParts) -> Litestar:
         route_handlers=[*methods.options_handlers(handlers), *handlers, *pages.static_routers()],
         dependencies={
             "store": _provide(parts.store),
+            "database": _provide(parts.database),
             "submitter": _provide(parts.submitter),
             "admission": _provide(parts.admission),
             "metrics": _provide(parts.metrics),

@@ -234,7 +234,10 @@ SUBMIT_RESPONSES = {
     415: _problem("The body is not `application/json`."),
     422: _problem("The `Idempotency-Key` was already used by this author for another text."),
     429: _problem("Too many posts in flight, or the writer is too far behind: come back later."),
-    503: _problem("Kafka did not acknowledge the message in time: not known to be accepted."),
+    503: _problem(
+        "Kafka did not acknowledge the message in time (not known to be accepted), or the "
+        "`Idempotency-Key` cannot be checked now (the database is unreachable)."
+    ),
 }
 
 
@@ -304,7 +307,7 @@ class Readiness(msgspec.Struct, frozen=True):
     database: str
     kafka: str
     feed: str
-    status: Literal["ready", "not ready"]
+    status: Literal["ready", "degraded", "not ready"]
 
 
 ReadyOperation = _operation("ReadyOperation", (200, 503))
@@ -312,10 +315,16 @@ ReadyOperation = _operation("ReadyOperation", (200, 503))
 
 READY_RESPONSES = {
     200: ResponseSpec(
-        Readiness, description="Database, Kafka and feed ok.", generate_examples=False
+        Readiness,
+        description="Posts and the feed can be served: Kafka and the feed ok. `degraded` "
+        "when the database is unreachable (reads and keyed posts fail; posts and the live "
+        "feed go on).",
+        generate_examples=False,
     ),
     503: ResponseSpec(
-        Readiness, description="Something is down; it says what.", generate_examples=False
+        Readiness,
+        description="Kafka unavailable or the feed catching up; it says what.",
+        generate_examples=False,
     ),
 }
 

@@ -1,142 +1,146 @@
-"""Idempotency-Key: what an earlier request with the same key left, and when a key is reused.
+"""Idempotency-Key: a key bound to its first text in the database, for every replica.
 
 The rules follow the IETF draft "The Idempotency-Key HTTP Header Field"
 (https://datatracker.ietf.org/doc/html/draft-ietf-httpapi-idempotency-key-header,
 section "Error Scenarios"): a key reused with a different payload is refused with
 422; a retry of a completed request gets that request's result.
 
-A key is bound to its first text before anything is sent, in claims every worker of the
-api shares (`KeyClaims`), so that a second text is refused wherever it arrives. Why: the
-database knows a key only once the writer stored its message. Before that, two requests
-with one key and different texts, on two workers (or on one, both waiting for the
-database lookup), could each find nothing, and both got 202 while only one text could
-ever be stored: an accepted message lost. A claim is made synchronously, before the
-first await, in memory all workers map.
-
-The table is a shared mapping created before the workers fork (of a memfd, so that
-there is a file to lock): `SLOTS` slots, a key's slot fixed by its message id (direct-mapped: a
-newer key landing on an older one's slot replaces it, and the database answers for the
-older one once it is stored). A slot holds the message id, a BLAKE2b digest of the text,
-`created_at` and whether the message is settled (acknowledged by Kafka, or found in the
-database). It is read and written under an fcntl lock on its bytes: POSIX record locks
-are released by the kernel when their process dies, so a worker killed while holding
-one blocks no one (https://man7.org/linux/man-pages/man2/fcntl.2.html, "Advisory record
-locking").
+A key is claimed before anything is sent: its message id (derived from author and key)
+is bound to a digest of the text in `key_claims`, once, by whichever request gets there
+first, on any worker of any replica (ARCHITECTURE.md#idempotency-key). Claims waiting at
+the same time share one statement (`KeyClaims.run`). A key that cannot be claimed (the
+database is down or late) is refused, never sent unchecked: a second text could then be
+accepted on another replica and lost.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import mmap
-import os
-import struct
-import tempfile
+import asyncio
 import uuid
-from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol
 
-from feedsvc.messages import Message
+import psycopg
 
-SLOTS = 65_536
-"""Keys remembered at once (3 MiB shared); a key is forgotten when another takes its slot."""
+from feedsvc.messages import KeyClaim, Message, text_digest
 
-_SLOT = struct.Struct("<16s16sqB7x")  # id, text digest, created_at (µs since 1970), state
-_EMPTY, _SENDING, _SETTLED = 0, 1, 2
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+QUIET_S = 1.0
+"""After a claim found the database failing, claims are refused at once for this long, so
+that during an outage keyed posts do not each hold an in-flight slot for half their budget;
+the first claim after it tries the database again."""
+
+STARVED_S = 0.5
+"""A claim given less time than this that times out does not count as the database failing."""
+
+BATCH = 256
+"""Claims per statement at most: a statement's parameters stay far below the protocol's
+65,535, and one turn of a burst does not hold the connection for long."""
+
+
+_Answer = asyncio.Future[tuple[KeyClaim, bool]]
 
 
 class KeyReused(Exception):
-    """The key's message exists with another text; the draft's answer is 422."""
+    """The key is bound to another text; the draft's answer is 422."""
 
 
-class Earlier(NamedTuple):
-    """A message an earlier request with the same key produced."""
+class KeyUnchecked(Exception):
+    """The key could not be claimed in time (the database is down or late): refuse, retry."""
+
+
+class Bound(NamedTuple):
+    """What an Idempotency-Key is bound to, for a request with the same text."""
 
     message: Message
-    acknowledged: bool
-    """Kafka acknowledged it (or the database has it): a retry need not send it again."""
+    """The message to answer and send: the first request's id and `created_at`."""
+    stored: bool
+    """The database has it already: nothing need be sent."""
+
+
+class ClaimStore(Protocol):
+    """Where keys are bound (`store.MessageStore` is one)."""
+
+    async def claim(self, claims: Sequence[KeyClaim]) -> dict[uuid.UUID, tuple[KeyClaim, bool]]:
+        """Bind each id unless bound; the binding that holds and whether it is stored."""
+        ...
 
 
 class KeyClaims:
-    """The keyed messages being sent or sent lately, by message id, shared across fork.
+    """Claims Idempotency-Keys in the database, every claim waiting at once in one statement.
 
-    Note: create it before the workers fork; each worker then uses the same table. All
-    methods are synchronous and short (one slot, one lock), so no await splits a claim.
+    Note: `run` must be running (in the process's task group) for claims to be answered.
+    A claim whose request gives up stays bound if its statement went through: a retry
+    with the same text then finds it, and another text is refused.
     """
 
-    def __init__(self, slots: int = SLOTS) -> None:
-        self.slots = slots
-        self._fd = _anonymous_file()
-        os.ftruncate(self._fd, slots * _SLOT.size)
-        self._map = mmap.mmap(self._fd, slots * _SLOT.size)
+    def __init__(self, store: ClaimStore, quiet_s: float = QUIET_S) -> None:
+        self._store = store
+        self._quiet_s = quiet_s
+        self._failed_at: float | None = None
+        self._waiting: dict[_Answer, KeyClaim] = {}
+        self._wake = asyncio.Event()
 
-    def claim(self, message: Message) -> Earlier | None:
-        """Bind `message`'s key to its text, or say what the key is bound to.
+    @property
+    def waiting(self) -> int:
+        """Claims not in a statement yet."""
+        return len(self._waiting)
 
-        Returns None when the key was free (now bound to this text, "sending"): look in
-        the database, then send. Returns the earlier message when the key is bound to
-        the same text (same id and `created_at`; `acknowledged` says whether to send it
-        again). Raises `KeyReused` when it is bound to another text.
+    async def claim(self, message: Message, until: float) -> Bound:
+        """Bind `message`'s id to its text, or say what it is bound to, by `until` (loop time).
+
+        Raises `KeyReused` when it is bound to another text, `KeyUnchecked` when the
+        database gave no answer by `until`.
         """
-        digest = _digest(message.text)
-        with self._slot(message.id) as offset:
-            found, found_digest, created_us, state = _SLOT.unpack_from(self._map, offset)
-            if state == _EMPTY or found != message.id.bytes:
-                self._write(offset, message, digest, _SENDING)
-                return None
-            if found_digest != digest:
-                raise KeyReused("Idempotency-Key was already used for a different text")
-            created_at = _EPOCH + timedelta(microseconds=created_us)
-            earlier = Message(message.id, message.author, message.text, created_at)
-            return Earlier(earlier, acknowledged=state == _SETTLED)
+        loop = asyncio.get_running_loop()
+        if self._failed_at is not None and loop.time() - self._failed_at < self._quiet_s:
+            raise KeyUnchecked("the database failed a claim just now")
+        mine = KeyClaim(message.id, text_digest(message.text), message.created_at)
+        answer: _Answer = loop.create_future()
+        given = until - loop.time()
+        self._waiting[answer] = mine
+        self._wake.set()
+        try:
+            async with asyncio.timeout_at(until):
+                bound, stored = await answer
+        except TimeoutError:
+            if given >= STARVED_S:  # a claim left almost no time says nothing of the database
+                self._failed_at = loop.time()
+            raise KeyUnchecked("the database did not answer in time") from None
+        finally:
+            self._waiting.pop(answer, None)  # gave up before its turn: not sent at all
+        if bound.digest != mine.digest:
+            raise KeyReused("Idempotency-Key was already used for a different text")
+        earlier = Message(message.id, message.author, message.text, bound.created_at)
+        return Bound(earlier, stored)
 
-    def settle(self, message: Message) -> None:
-        """`message` is the key's for good (Kafka acknowledged it, or the database has it)."""
-        with self._slot(message.id) as offset:
-            self._write(offset, message, _digest(message.text), _SETTLED)
+    async def run(self) -> None:
+        """Answer waiting claims, one statement at a time, until cancelled.
 
-    def get(self, message_id: uuid.UUID) -> tuple[bytes, bool] | None:
-        """The text digest bound to this id and whether it is settled; None if not held."""
-        with self._slot(message_id) as offset:
-            found, digest, _, state = _SLOT.unpack_from(self._map, offset)
-        if state == _EMPTY or found != message_id.bytes:
-            return None
-        return digest, state == _SETTLED
+        Note: claims that arrive while a statement runs wait for the next one, so a burst
+        costs a few statements, not one each; the api's pool is small on purpose
+        (ARCHITECTURE.md#licence-throttle). A statement is never cancelled (psycopg waits
+        for the server to confirm a cancel); a request gives up on its own deadline.
+        """
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._waiting:
+                taken = list(self._waiting.items())[:BATCH]
+                for answer, _ in taken:
+                    del self._waiting[answer]
+                await self._answer(taken)
 
-    def _write(self, offset: int, message: Message, digest: bytes, state: int) -> None:
-        created_us = (message.created_at - _EPOCH) // timedelta(microseconds=1)
-        _SLOT.pack_into(self._map, offset, message.id.bytes, digest, created_us, state)
-
-    def _slot(self, message_id: uuid.UUID) -> _Locked:
-        index = int.from_bytes(message_id.bytes[:8], "little") % self.slots
-        return _Locked(self._fd, index * _SLOT.size)
-
-
-class _Locked:
-    """The fcntl lock on one slot's bytes, for a `with` block; yields the slot's offset."""
-
-    __slots__ = ("_fd", "_offset")
-
-    def __init__(self, fd: int, offset: int) -> None:
-        self._fd = fd
-        self._offset = offset
-
-    def __enter__(self) -> int:
-        fcntl.lockf(self._fd, fcntl.LOCK_EX, _SLOT.size, self._offset)
-        return self._offset
-
-    def __exit__(self, *_: object) -> None:
-        fcntl.lockf(self._fd, fcntl.LOCK_UN, _SLOT.size, self._offset)
-
-
-def _anonymous_file() -> int:
-    """A file in memory only: a memfd on Linux, else an unlinked temporary file."""
-    if hasattr(os, "memfd_create"):
-        return os.memfd_create("feedsvc-key-claims", os.MFD_CLOEXEC)
-    with tempfile.TemporaryFile() as file:  # pragma: no cover (not Linux)
-        return os.dup(file.fileno())
-
-
-def _digest(text: str) -> bytes:
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    async def _answer(self, taken: list[tuple[_Answer, KeyClaim]]) -> None:
+        distinct = list({c.id: c for _, c in reversed(taken)}.values())  # the first per id
+        try:
+            bound = await self._store.claim(distinct)
+        except psycopg.Error as exc:
+            self._failed_at = asyncio.get_running_loop().time()
+            for answer, _ in taken:
+                if not answer.done():
+                    answer.set_exception(KeyUnchecked(f"the database failed the claim: {exc!r}"))
+            return
+        self._failed_at = None
+        for answer, c in taken:
+            if not answer.done():
+                answer.set_result(bound[c.id])

@@ -5,19 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import uuid
 from typing import Any, Protocol
 
-import psycopg
 from aiokafka.errors import KafkaError
 from litestar import Request, Response, post
 from litestar.di import NamedDependency
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 
 from feedsvc.http.admission import Refusal
-from feedsvc.http.contract import SUBMIT_RESPONSES, SubmitOperation
+from feedsvc.http.contract import IDEMPOTENCY_KEY_PATTERN, SUBMIT_RESPONSES, SubmitOperation
 from feedsvc.http.errors import Answer
-from feedsvc.http.idempotency import KeyClaims, KeyReused
+from feedsvc.http.idempotency import Bound, KeyReused, KeyUnchecked
 from feedsvc.kafka import SUBMITTED
 from feedsvc.messages import (
     MAX_BODY_BYTES,
@@ -32,8 +30,10 @@ from feedsvc.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-# Printable ASCII, as in the IETF Idempotency-Key draft's examples (UUIDs, tokens).
-_IDEMPOTENCY_KEY = re.compile(r"\A[\x21-\x7e]{1,255}\Z")
+UNCHECKED = "the Idempotency-Key cannot be checked now (the database is unreachable); retry later"
+"""The 503's detail when a keyed post could not be claimed; an unkeyed post is unaffected."""
+
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)  # the one the spec documents
 
 
 class Producer(Protocol):
@@ -84,11 +84,11 @@ class Gate(Protocol):
         ...
 
 
-class Keys(Protocol):
-    """Where an Idempotency-Key's earlier message is looked up (`MessageStore` is one)."""
+class Claims(Protocol):
+    """Where an Idempotency-Key is bound to its first text (`KeyClaims` is one)."""
 
-    async def get(self, message_id: uuid.UUID) -> Message | None:
-        """The stored message with this id, if any."""
+    async def claim(self, message: Message, until: float) -> Bound:
+        """What the key is bound to; raises `KeyReused` (another text) or `KeyUnchecked`."""
         ...
 
 
@@ -96,8 +96,8 @@ class Submitter:
     """Turns an admitted message into a Kafka record acknowledged by every replica.
 
     Note: every request has a deadline `timeout_s` after its arrival, and all of
-    its waits share it (the Idempotency-Key lookup at most a fifth of it, the send
-    what is left), so a POST is answered within `timeout_s` whatever is down.
+    its waits share it (the Idempotency-Key claim at most half of it, the send what is
+    left), so a POST is answered within `timeout_s` whatever is down.
     """
 
     def __init__(
@@ -106,17 +106,14 @@ class Submitter:
         admission: Gate,
         metrics: Metrics,
         timeout_s: float,
-        keys: Keys | None = None,
-        claims: KeyClaims | None = None,
+        claims: Claims,
     ) -> None:
         self.producer = producer
-        self.keys = keys
-        """Where the handler looks up an Idempotency-Key's earlier message."""
         self.admission = admission
         self.metrics = metrics
         self.timeout_s = timeout_s
-        self.claims = KeyClaims() if claims is None else claims
-        """Where a key is bound to its first text; shared by every worker when given."""
+        self.claims = claims
+        """Where an Idempotency-Key is bound to its first text (the database)."""
         self.posts = metrics.posts
         metrics.follow(self.posts.inflight, lambda: admission.inflight)
         metrics.follow(self.posts.writer_backlog, lambda: admission.backlog)
@@ -127,15 +124,13 @@ class Submitter:
         # A little is kept back for writing the answer itself.
         return asyncio.get_running_loop().time() + self.timeout_s - min(0.2, self.timeout_s / 10)
 
-    async def submit(self, message: Message, deadline: float, keys: Keys | None = None) -> Message:
+    async def submit(self, message: Message, deadline: float, keyed: bool = False) -> Message:
         """Send one message; returns it as accepted, or raises `Refusal` or `KeyReused`.
 
-        With `keys` (the message has an Idempotency-Key) the key is claimed for this
-        text first (`KeyClaims`, shared by the workers). Bound to another text: the
-        answer is `KeyReused`. Bound to this text and settled: the earlier message is
-        the answer. Otherwise `keys` (the database) is asked: stored with another text,
-        `KeyReused`; with this text, the stored one; not stored, the message is sent
-        (the earlier record again, with its id and `created_at`, when there is one).
+        A `keyed` message (it has an Idempotency-Key) is claimed first (`Claims`): bound
+        to another text, the answer is `KeyReused`; bound to this text, the first request's
+        message is the answer, sent again unless the database has it. No answer from the
+        database in time: 503, nothing sent.
 
         Note: a send that times out may still reach Kafka later, and then the message
         is stored although the client saw 503; a retry with the same key gets it
@@ -144,55 +139,22 @@ class Submitter:
         self.admission.check()
         self.admission.enter()
         try:
-            if keys is not None:
-                earlier = self.claims.claim(message)  # before any await: no one slips in
-                if earlier is not None:
-                    if earlier.acknowledged:
-                        return earlier.message
-                    message = earlier.message  # the same record, sent again
-                stored = await self._stored(message, keys, deadline)
-                if stored is not None:
-                    self.claims.settle(stored)
-                    if stored.text != message.text:
-                        raise KeyReused("Idempotency-Key was already used for a different text")
-                    return stored
+            if keyed:
+                loop = asyncio.get_running_loop()
+                until = min(deadline, loop.time() + self.timeout_s / 2)
+                try:
+                    bound = await self.claims.claim(message, until)
+                except KeyUnchecked as exc:
+                    # Counted as refused; an outage is logged once, by the health watch.
+                    log.debug("idempotency key not checked", extra={"error": str(exc)})
+                    raise Refusal(503, UNCHECKED, 2) from None
+                if bound.stored:
+                    return bound.message
+                message = bound.message  # the first request's record, sent again
             await self._send(message, deadline)
         finally:
             self.admission.leave()
-        if keys is not None:
-            self.claims.settle(message)
         return message
-
-    async def _stored(self, message: Message, keys: Keys, deadline: float) -> Message | None:
-        """The stored message with this id; None when there is none or no answer in time."""
-        loop = asyncio.get_running_loop()
-        until = min(deadline, loop.time() + self.timeout_s / 5)
-        # Not `asyncio.timeout`: a query cancelled by psycopg first asks the server to
-        # cancel it and waits for that (seconds, when the server does not answer), so
-        # a lookup that is late is left to end by itself, and the request goes on.
-        lookup = asyncio.ensure_future(keys.get(message.id))
-        try:
-            await asyncio.wait({lookup}, timeout=max(until - loop.time(), 0))
-        finally:
-            late = not lookup.done()
-            if late:
-                lookup.cancel()
-                lookup.add_done_callback(_forget)
-        if late:
-            self._unchecked("the database did not answer in time")
-            return None
-        if (error := lookup.exception()) is not None:
-            if not isinstance(error, psycopg.Error):
-                raise error
-            self._unchecked(repr(error))
-            return None
-        return lookup.result()
-
-    def _unchecked(self, why: str) -> None:
-        # Sending unchecked keeps posting available while the database is down; the
-        # insert-if-absent still stores the id once.
-        self.posts.idempotency_unchecked.inc()
-        log.warning("idempotency key not checked", extra={"error": why})
 
     async def _send(self, message: Message, deadline: float) -> None:
         loop = asyncio.get_running_loop()
@@ -214,12 +176,6 @@ class Submitter:
             log.warning("kafka send failed", extra={"error": repr(exc), "id": str(message.id)})
             raise Refusal(503, "Kafka did not acknowledge the message in time", 2) from None
         self.admission.kafka_ok()
-
-
-def _forget(task: asyncio.Future[Any]) -> None:
-    """Retrieve an abandoned lookup's outcome, so asyncio does not report it as lost."""
-    if not task.cancelled():
-        task.exception()
 
 
 def _is_json(content_type: str) -> bool:
@@ -252,9 +208,7 @@ async def accept(submitter: Submitter, body: bytes, key: str | None, deadline: f
         submitter.posts.refused.labels("400", "invalid").inc()
         return Answer.problem(400, exc.detail, exc.field)
     try:
-        message = await submitter.submit(
-            new_message(submission, key), deadline, submitter.keys if key is not None else None
-        )
+        message = await submitter.submit(new_message(submission, key), deadline, key is not None)
     except Refusal as refusal:
         submitter.posts.refused.labels(str(refusal.status), refusal.reason).inc()
         return Answer.problem(refusal.status, refusal.reason, retry_after_s=refusal.retry_after_s)
@@ -282,7 +236,7 @@ async def post_message(
     """Accept a message: 202 once Kafka has it; 400/413/415/422 for bad input; 429/503 when busy.
 
     Note: the answer comes within `FEED_KAFKA_TIMEOUT_S` of the request's arrival. One
-    dependency only (the submitter carries the key store): Litestar resolves two or more
+    dependency only (the submitter carries the key claims): Litestar resolves two or more
     in a task group of their own, per request (~10% of a post's CPU). Most posts never
     get here: `http.door` answers them without the framework, with the same `screen`
     and `accept`; this handler serves the rest (cross-origin posts when CORS is on) and

@@ -4,7 +4,8 @@ Note: shapes are decoded at the boundary (HTTP body, Kafka record, database row,
 parameter) and only these structs travel inward. One module per contract:
 
 - `submission`: the body of `POST /messages` and its validation rules;
-- `posts`: the message (HTTP, `messages.submitted`, database, feed) and the HTTP bodies;
+- `posts`: the message (HTTP, `messages.submitted`, database, feed), the HTTP bodies and
+  an Idempotency-Key's claim;
 - `cursor`: the `before` token of `GET /messages`;
 - `feed`: the `data:` of the feed's SSE notices and the gap marker in `messages.committed`;
 - `deadletter`: the `messages.dlq` record.
@@ -29,12 +30,14 @@ from feedsvc.messages.feed import (
 )
 from feedsvc.messages.posts import (
     Accepted,
+    KeyClaim,
     Message,
     MessagePage,
     Problem,
     decode_message,
     encode,
     new_message,
+    text_digest,
 )
 from feedsvc.messages.submission import (
     AUTHOR_PATTERN,
@@ -61,6 +64,7 @@ __all__ = [
     "Deleted",
     "FeedRestart",
     "InvalidSubmission",
+    "KeyClaim",
     "Message",
     "MessagePage",
     "Problem",
@@ -77,4 +81,5 @@ __all__ = [
     "encode_feed_restart",
     "is_visible",
     "new_message",
+    "text_digest",
 ]

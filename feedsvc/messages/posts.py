@@ -3,6 +3,7 @@ HTTP bodies around it."""
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime
 from typing import Literal
@@ -22,6 +23,16 @@ class Message(msgspec.Struct, frozen=True):
     author: str
     text: str
     created_at: datetime
+
+
+class KeyClaim(msgspec.Struct, frozen=True):
+    """An Idempotency-Key's message id bound to its first text (a `key_claims` row)."""
+
+    id: uuid.UUID
+    digest: bytes
+    """A digest of the text: enough to tell another text from it without keeping it twice."""
+    created_at: datetime
+    """The first request's: every retry under the key answers and sends it."""
 
 
 class Accepted(Message, frozen=True):
@@ -69,6 +80,11 @@ def new_message(submission: Submission, idempotency_key: str | None = None) -> M
         text=submission.text,
         created_at=datetime.now(UTC),
     )
+
+
+def text_digest(text: str) -> bytes:
+    """The `KeyClaim.digest` of a text: BLAKE2b, 16 bytes."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 def encode(value: msgspec.Struct) -> bytes:

@@ -2,7 +2,7 @@
 
 Each process builds one `Metrics` (its own `CollectorRegistry`, never the client's global
 one, so tests and several roles in one interpreter do not collide); its families
-(`http`, `posts`, `feed`, `writer`) are created on first use, so a process exposes only
+(`http`, `posts`, `health`, `feed`, `writer`) are created on first use, so a process exposes only
 what it runs (their metrics, names and labels: `feedsvc.metrics.families`). `render` is
 the `/metrics` body.
 
@@ -39,7 +39,13 @@ from prometheus_client import (
 )
 from prometheus_client.metrics import disable_created_metrics
 
-from feedsvc.metrics.families import FeedMetrics, HttpMetrics, PostMetrics, WriterMetrics
+from feedsvc.metrics.families import (
+    FeedMetrics,
+    HealthMetrics,
+    HttpMetrics,
+    PostMetrics,
+    WriterMetrics,
+)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -103,6 +109,11 @@ class Metrics:
     def posts(self) -> PostMetrics:
         """`POST /messages` outcomes and Kafka send errors."""
         return PostMetrics(self.registry)
+
+    @cached_property
+    def health(self) -> HealthMetrics:
+        """What the api can serve now."""
+        return HealthMetrics(self.registry)
 
     @cached_property
     def feed(self) -> FeedMetrics:

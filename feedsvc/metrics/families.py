@@ -67,11 +67,6 @@ class PostMetrics:
             ["status", "reason"],
             registry=registry,
         )
-        self.idempotency_unchecked = Counter(
-            "feedsvc_idempotency_unchecked",
-            "Keyed POSTs sent without checking the key: the database did not answer in time.",
-            registry=registry,
-        )
         self.kafka_send_errors = Counter(
             "feedsvc_kafka_send_errors",
             "Sends to messages.submitted that failed or timed out (answered 503), by error.",
@@ -80,7 +75,7 @@ class PostMetrics:
         )
         self.inflight = Gauge(
             "feedsvc_posts_inflight",
-            "POSTs admitted and not answered yet (key lookup, Kafka send).",
+            "POSTs admitted and not answered yet (key claim, Kafka send).",
             registry=registry,
             multiprocess_mode="livesum",
         )
@@ -96,6 +91,19 @@ class PostMetrics:
             "Records the writer has not stored yet (each worker polls it; the highest).",
             registry=registry,
             multiprocess_mode="livemax",
+        )
+
+
+class HealthMetrics:
+    """What the api can serve now (`/health/ready` says the same)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.database_reachable = Gauge(
+            "feedsvc_database_reachable",
+            "1 while the database answers the api's pings, 0 while it does not (degraded: "
+            "reads and keyed posts fail, posts and the live feed go on); the lowest worker.",
+            registry=registry,
+            multiprocess_mode="livemin",
         )
 
 

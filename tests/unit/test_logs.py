@@ -101,3 +101,74 @@ def test_a_stream_gets_each_batch_in_one_write() -> None:
     lines = [json.loads(line)["n"] for line in stream.getvalue().splitlines()]
     assert lines == list(range(500))
     assert stream.writes <= 3
+
+
+class Broken:
+    """A value whose `__str__` fails, as a bad `extra=` or message argument can."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+
+@pytest.mark.parametrize(
+    ("msg", "args"),
+    [("%d requests", ("many",)), ("%s", (Broken(),)), ("%s %s", ("one",))],
+)
+def test_a_record_that_fails_to_format_is_reported_and_the_next_lines_go_out(
+    msg: str, args: tuple[object, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A record that fails to format is reported as `Handler.handleError` reports it, and
+    the lines logged after it are still written."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    root.handlers, root.level = [handler], logging.INFO
+    log = logging.getLogger("tests.unit.test_logs")
+    try:
+        with written_by_a_thread(stop_timeout_s=10):
+            log.info("before")
+            log.info(msg, *args)
+            log.info("after")
+    finally:
+        root.handlers, root.level = saved
+    written = [json.loads(line)["msg"] for line in stream.getvalue().splitlines()]
+    assert written == ["before", "after"]
+    assert "--- Logging error ---" in capsys.readouterr().err
+
+
+def test_leaving_is_bounded_when_the_writer_is_stuck() -> None:
+    """A writer stuck on its stream with the queue full: leaving the block returns within
+    its bound instead of waiting for room in the queue for good."""
+    stuck = threading.Event()
+    release = threading.Event()
+
+    class Stuck(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if threading.current_thread().name == "log-writer":
+                stuck.set()
+                release.wait(30)
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    root.handlers, root.level = [Stuck()], logging.INFO
+    log = logging.getLogger("tests.unit.test_logs")
+    done = threading.Event()
+
+    def run() -> None:
+        with written_by_a_thread(capacity=2, stop_timeout_s=0.5):
+            log.info("held by the writer")
+            assert stuck.wait(10)
+            for _ in range(5):
+                log.info("queued or dropped")
+        done.set()
+
+    leaver = threading.Thread(target=run)
+    try:
+        leaver.start()
+        assert done.wait(10), "leaving the block waited for the stuck writer"
+    finally:
+        release.set()
+        leaver.join(30)
+        root.handlers, root.level = saved

@@ -1,7 +1,8 @@
-"""Hand-written fakes of what the submitter uses: its producer and the key lookup.
+"""Hand-written fakes of what the submitter uses: its producer, its key claims, their store.
 
-Each implements the small Protocol of `feedsvc.http.submit` (`Producer`, `Keys`) that
-the real adapter implements too. Admission and metrics are the real ones (no I/O);
+Each implements the small Protocol (`submit.Producer`, `submit.Claims`,
+`idempotency.ClaimStore`) that the real one implements too. Admission and metrics are
+the real ones (no I/O);
 `sample` reads a metric as a scrape would, from the rendered text.
 """
 
@@ -10,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import anyio
 
-from feedsvc.messages import Message, decode_message
+from feedsvc.http.idempotency import Bound, KeyReused, KeyUnchecked
+from feedsvc.messages import KeyClaim, Message, decode_message
 from feedsvc.metrics import Metrics
 
 
@@ -43,26 +46,57 @@ class FakeProducer:
 
 
 @dataclass
-class FakeKeys:
-    """`MessageStore.get` over a dict, or one that never answers (`hang`).
+class FakeClaims:
+    """`KeyClaims.claim` over a dict: binds at once, when `gate` opens, or never (`hang`).
 
-    Note: a hung read, once cancelled, takes 2 s more to end, as psycopg's does
-    while it asks a server that does not answer to cancel the query.
+    `stored` are the ids the database has; `calls` counts every claim asked for.
     """
 
-    rows: dict[uuid.UUID, Message] = field(default_factory=dict)
+    bound: dict[uuid.UUID, Message] = field(default_factory=dict)
+    stored: set[uuid.UUID] = field(default_factory=set)
     hang: bool = False
-    lookups: int = 0
+    gate: anyio.Event | None = None
+    calls: int = 0
 
-    async def get(self, message_id: uuid.UUID) -> Message | None:
-        self.lookups += 1
+    async def claim(self, message: Message, until: float) -> Bound:
+        self.calls += 1
+        try:
+            async with asyncio.timeout_at(until):
+                if self.hang:
+                    await anyio.sleep_forever()
+                if self.gate is not None:
+                    await self.gate.wait()
+        except TimeoutError:
+            raise KeyUnchecked("no answer") from None
+        first = self.bound.setdefault(message.id, message)
+        if first.text != message.text:
+            raise KeyReused("Idempotency-Key was already used for a different text")
+        return Bound(first, message.id in self.stored)
+
+
+@dataclass
+class FakeClaimStore:
+    """`MessageStore.claim` over dicts; each statement waits for `gate` if set, `failures`
+    are raised first, one per statement, and `statements` records each one's ids."""
+
+    claims: dict[uuid.UUID, KeyClaim] = field(default_factory=dict)
+    stored: set[uuid.UUID] = field(default_factory=set)
+    gate: anyio.Event | None = None
+    hang: bool = False
+    failures: list[Exception] = field(default_factory=list)
+    statements: list[list[uuid.UUID]] = field(default_factory=list)
+
+    async def claim(self, claims: Sequence[KeyClaim]) -> dict[uuid.UUID, tuple[KeyClaim, bool]]:
+        ids = [c.id for c in claims]
+        assert len(set(ids)) == len(ids), "one statement cannot touch a row twice"
+        self.statements.append(ids)
+        if self.failures:
+            raise self.failures.pop(0)
         if self.hang:
-            try:
-                await asyncio.sleep(3600)
-            except asyncio.CancelledError:
-                await asyncio.shield(asyncio.sleep(2))
-                raise
-        return self.rows.get(message_id)
+            await anyio.sleep_forever()
+        if self.gate is not None:
+            await self.gate.wait()
+        return {c.id: (self.claims.setdefault(c.id, c), c.id in self.stored) for c in claims}
 
 
 def samples(metrics: Metrics, name: str) -> dict[frozenset[tuple[str, str]], float]:

@@ -16,7 +16,7 @@ from feedsvc.http.errors import exception_handlers, problem
 from feedsvc.http.submit import Submitter, post_message
 from feedsvc.messages import MAX_BODY_BYTES
 from feedsvc.metrics import Metrics
-from tests.unit.http.fakes import FakeKeys, FakeProducer, sample
+from tests.unit.http.fakes import FakeClaims, FakeProducer, sample
 
 BODY = {"author": "ada", "text": "hello"}
 JSON = {"Content-Type": "application/json"}
@@ -30,7 +30,7 @@ def submitter(
         admission or Admission(max_inflight=10, max_backlog=100),
         Metrics(),
         timeout_s=1.0,
-        keys=FakeKeys(),
+        claims=FakeClaims(),
     )
 
 

@@ -11,6 +11,7 @@ from feedsvc.http.admission import Admission, Refusal
 from feedsvc.http.submit import Submitter
 from feedsvc.messages import Submission, new_message
 from feedsvc.metrics import Metrics
+from tests.unit.http.fakes import FakeClaims
 
 
 class HangingProducer:
@@ -27,7 +28,7 @@ async def test_timeouts_count_against_kafka_only_when_the_loop_is_on_time(
     """Two timed-out sends: 503 each; Kafka is marked down only if the loop was not late."""
     admission = Admission(max_inflight=10, max_backlog=10)
     admission.loop_lag_s = lag_s
-    sub = Submitter(cast(Any, HangingProducer()), admission, Metrics(), timeout_s=0.3)
+    sub = Submitter(cast(Any, HangingProducer()), admission, Metrics(), 0.3, FakeClaims())
     for _ in range(2):
         with pytest.raises(Refusal) as refused:
             await sub.submit(new_message(Submission(author="ada", text="hi"), None), sub.deadline())

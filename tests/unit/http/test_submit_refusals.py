@@ -16,7 +16,7 @@ from feedsvc.http.admission import Admission
 from feedsvc.http.submit import Submitter, post_message
 from feedsvc.messages import Submission, new_message
 from feedsvc.metrics import Metrics
-from tests.unit.http.fakes import FakeKeys, FakeProducer, sample, samples
+from tests.unit.http.fakes import FakeClaims, FakeProducer, sample, samples
 
 
 @dataclass
@@ -24,14 +24,14 @@ class Api:
     """`post_message` alone, over a real `Submitter` and `Admission` wired to fakes."""
 
     producer: FakeProducer
-    keys: FakeKeys
+    claims: FakeClaims
     admission: Admission
     metrics: Metrics
     timeout_s: float = 1.0
 
     def app(self) -> Litestar:
         submitter = Submitter(
-            self.producer, self.admission, self.metrics, self.timeout_s, keys=self.keys
+            self.producer, self.admission, self.metrics, self.timeout_s, self.claims
         )
         return Litestar(
             [post_message],
@@ -42,7 +42,7 @@ class Api:
 
 
 def api() -> Api:
-    return Api(FakeProducer(), FakeKeys(), Admission(max_inflight=2, max_backlog=100), Metrics())
+    return Api(FakeProducer(), FakeClaims(), Admission(max_inflight=2, max_backlog=100), Metrics())
 
 
 def inflight_full(api: Api) -> None:
@@ -70,7 +70,7 @@ def kafka_silent(api: Api) -> None:
 
 def key_reused(api: Api) -> None:
     earlier = new_message(Submission(author="ada", text="earlier text"), "key-1")
-    api.keys.rows[earlier.id] = earlier
+    api.claims.bound[earlier.id] = earlier
 
 
 CAUSES: list[tuple[Callable[[Api], None], int, str | None, str, str]] = [
