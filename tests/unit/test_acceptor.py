@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import resource
 import socket
 import time
 from collections.abc import Callable, Coroutine
@@ -17,8 +18,9 @@ from typing import Any
 import pytest
 import uvloop
 
-from feedsvc import acceptor
-from feedsvc.acceptor import Acceptor, CoalescingTransport
+from feedsvc.serving import acceptor
+from feedsvc.serving.acceptor import Acceptor
+from feedsvc.serving.coalescing import CoalescingTransport
 
 CLIENTS = 200
 
@@ -74,10 +76,16 @@ async def _accept_under_load(
     return made
 
 
+def _uncapped(sock: socket.socket, factory: Callable[[], asyncio.Protocol]) -> Acceptor:
+    return Acceptor(
+        sock, factory, max_connections=1_000_000, open_connections=lambda: 0, refusal=b""
+    )
+
+
 async def _with_acceptor(
     sock: socket.socket, factory: Callable[[], asyncio.Protocol]
 ) -> Callable[[], None]:
-    acceptor = Acceptor(sock, factory)
+    acceptor = _uncapped(sock, factory)
     acceptor.start()
 
     def close() -> None:
@@ -188,7 +196,7 @@ def test_accept_failing_pauses_then_resumes(monkeypatch: pytest.MonkeyPatch) -> 
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         began = time.monotonic()
-        served = Acceptor(sock, lambda: Counted([0], []))
+        served = _uncapped(sock, lambda: Counted([0], []))
         with socket.create_connection(sock.getsockname()) as client:
             served.start()
             client.settimeout(5)
@@ -202,3 +210,39 @@ def test_accept_failing_pauses_then_resumes(monkeypatch: pytest.MonkeyPatch) -> 
     failed, waited = uvloop.run(main())
     assert failed == 1
     assert 0.2 <= waited < 2.0
+
+
+def test_a_connection_past_the_cap_gets_the_refusal_and_is_closed() -> None:
+    """With the cap reached, a new connection reads the refusal, then end of stream."""
+
+    async def main() -> tuple[bytes, int, int]:
+        sock = socket.create_server(("127.0.0.1", 0))
+        made: list[int] = []
+        served = Acceptor(
+            sock,
+            lambda: Counted([0], made),
+            max_connections=3,
+            open_connections=lambda: 3,
+            refusal=b"HTTP/1.1 503 Service Unavailable\r\n\r\n",
+        )
+        served.start()
+        with socket.create_connection(sock.getsockname()) as client:
+            client.settimeout(5)
+            client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            got = b""
+            while chunk := await asyncio.to_thread(client.recv, 4096):
+                got += chunk
+        served.close()
+        sock.close()
+        return got, served.refused, len(made)
+
+    got, refused, made = uvloop.run(main())
+    assert got == b"HTTP/1.1 503 Service Unavailable\r\n\r\n"
+    assert (refused, made) == (1, 0)
+
+
+def test_the_cap_is_lowered_below_the_file_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cap above the file limit is lowered, keeping a quarter of the descriptors for the rest."""
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 4096))
+    assert (acceptor.connection_cap(0), acceptor.connection_cap(5000)) == (768, 768)
+    assert acceptor.connection_cap(100) == 100
