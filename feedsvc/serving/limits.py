@@ -70,7 +70,9 @@ class GuardedHttp(HttpToolsProtocol):
     `head_timeout_s` gets 408, and the connection closes; httptools never holds more
     than `max_head_bytes` of a head. A connection that sends no request within
     `idle_timeout_s` is closed (after an answer, uvicorn's keep-alive timer does that,
-    set to the same value). A request being served has no limit here.
+    set to the same value). A request being served has no time limit here; a head sent
+    behind it (pipelined) is counted, and past the limit the connection closes, as no
+    answer can be written in the middle of another.
     """
 
     def __init__(
@@ -81,6 +83,8 @@ class GuardedHttp(HttpToolsProtocol):
         self.cuts = cuts
         self._refusals = refusals
         self._phase = _Phase.IDLE
+        self._in_head = False
+        """Bytes of a request head are arriving (the first request's, or one pipelined)."""
         self._head_bytes = 0
         self._lingered = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -94,19 +98,18 @@ class GuardedHttp(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        phase = self._phase
-        if phase is _Phase.BUSY:
-            super().data_received(data)
-            return
-        if phase is _Phase.LINGERING:
+        if self._phase is _Phase.LINGERING:
             self._lingered += len(data)
             if self._lingered > LINGER_BYTES:
                 self.transport.close()
             return
-        if phase is _Phase.IDLE:
+        if self._phase is _Phase.IDLE:
             # The first byte of a request starts its head's clock.
-            self._phase = _Phase.HEAD
+            self._phase, self._in_head = _Phase.HEAD, True
             self._arm(self.limits.head_timeout_s, self._late)
+        if not self._in_head:
+            super().data_received(data)
+            return
         room = self.limits.max_head_bytes - self._head_bytes
         if len(data) <= room:
             self._head_bytes += len(data)
@@ -115,25 +118,39 @@ class GuardedHttp(HttpToolsProtocol):
         # Only what fits reaches the parser: the head may end within it.
         self._head_bytes += room
         super().data_received(data[:room])
-        if self._phase is _Phase.HEAD:
+        if self._in_head:
             self.cuts.head_too_large += 1
-            self._refuse(431)
+            if self._phase is _Phase.HEAD:
+                self._refuse(431)
+            else:  # pipelined behind an answer still being written: no room for another
+                self.transport.close()
         elif not self.transport.is_closing():
             super().data_received(data[room:])
 
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._phase is _Phase.BUSY:
+            # A request pipelined behind the one served: its head is counted too.
+            self._in_head, self._head_bytes = True, 0
+
     def on_headers_complete(self) -> None:
+        self._in_head = False
         if self._phase is _Phase.HEAD:
             self._phase = _Phase.BUSY
             self._disarm()
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
-        # A pipelined request already has its head: it is served at once, still busy.
+        # A pipelined request whose head is whole is served at once: still busy.
         pipelined = bool(self.pipeline)
         super().on_response_complete()
-        if not pipelined and self._phase is _Phase.BUSY:
-            self._phase = _Phase.IDLE
-            self._head_bytes = 0
+        if pipelined or self._phase is not _Phase.BUSY:
+            return
+        if self._in_head:  # part of the next head is here: its clock runs from now
+            self._phase = _Phase.HEAD
+            self._arm(self.limits.head_timeout_s, self._late)
+        else:
+            self._phase, self._head_bytes = _Phase.IDLE, 0
 
     def _idle(self) -> None:
         if self._phase is _Phase.IDLE:

@@ -139,3 +139,14 @@ async def test_a_request_being_served_has_no_timer() -> None:
     await until(lambda: transport.written.startswith(b"HTTP/1.1 200"))
     await asyncio.sleep(QUICK.idle_timeout_s * 10)
     assert (transport.closed, cuts) == (False, Cuts())
+
+
+async def test_a_head_pipelined_behind_an_endless_answer_is_cut_at_the_limit() -> None:
+    """Header bytes behind a stream's request: the connection closes once past the limit."""
+    protocol, transport, cuts = connect(SLOW, endless)
+    protocol.data_received(head(200))
+    await until(lambda: transport.written.startswith(b"HTTP/1.1 200"))
+    protocol.data_received(b"GET / HTTP/1.1\r\nX-Pad: ")
+    for _ in range(HEAD_LIMIT // 100 + 1):
+        protocol.data_received(b"a" * 100)
+    assert (transport.closed, cuts.head_too_large) == (True, 1)
