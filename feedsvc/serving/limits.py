@@ -105,8 +105,8 @@ class GuardedHttp(HttpToolsProtocol):
             return
         if self._phase is _Phase.IDLE:
             # The first byte of a request starts its head's clock.
+            self._disarm()
             self._phase, self._in_head = _Phase.HEAD, True
-            self._arm(self.limits.head_timeout_s, self._late)
         if not self._in_head:
             super().data_received(data)
             return
@@ -114,18 +114,21 @@ class GuardedHttp(HttpToolsProtocol):
         if len(data) <= room:
             self._head_bytes += len(data)
             super().data_received(data)
-            return
-        # Only what fits reaches the parser: the head may end within it.
-        self._head_bytes += room
-        super().data_received(data[:room])
-        if self._in_head:
-            self.cuts.head_too_large += 1
-            if self._phase is _Phase.HEAD:
-                self._refuse(431)
-            else:  # pipelined behind an answer still being written: no room for another
-                self.transport.close()
-        elif not self.transport.is_closing():
-            super().data_received(data[room:])
+        else:
+            # Only what fits reaches the parser: the head may end within it.
+            self._head_bytes += room
+            super().data_received(data[:room])
+            if self._in_head:
+                self.cuts.head_too_large += 1
+                if self._phase is _Phase.HEAD:
+                    self._refuse(431)
+                else:  # pipelined behind an answer still being written: no room for another
+                    self.transport.close()
+            elif not self.transport.is_closing():
+                super().data_received(data[room:])
+        if self._phase is _Phase.HEAD and self._timer is None:
+            # Most heads come whole in their first read: a timer only for those that did not.
+            self._timer = self.loop.call_later(self.limits.head_timeout_s, self._late)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
