@@ -13,16 +13,21 @@ per iteration, as this does, but costs half again as much CPU per request as uvl
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import resource
 import socket
 from collections.abc import Callable
 
+from feedsvc.serving.refusal import Refusals, Refusing
+
 log = logging.getLogger(__name__)
 
 BATCH = 1024
 """The most connections accepted in one go; the rest wait for the next loop iteration."""
+
+REFUSING = 64
+"""The most refused connections waiting for their request at once; past it, each is
+answered from what it has sent so far. They hold descriptors of the reserve beyond the cap."""
 
 PAUSE_S = 1.0
 """How long accepting pauses after accept(2) failed (e.g. out of file descriptors)."""
@@ -36,8 +41,8 @@ class Acceptor:
     the loop's documented way to serve a socket accepted elsewhere
     (https://docs.python.org/3/library/asyncio-eventloop.html#asyncio.loop.connect_accepted_socket).
     Accepted sockets inherit the listener's options (its send buffer); TCP_NODELAY is set
-    on each, as the loop's own server does. A connection past the cap is written
-    `refusal` and closed at once (`refused` counts them).
+    on each, as the loop's own server does. A connection past the cap gets an answer
+    from `refusals` and is closed (`refused` counts them).
     """
 
     def __init__(
@@ -47,17 +52,19 @@ class Acceptor:
         *,
         max_connections: int,
         open_connections: Callable[[], int],
-        refusal: bytes,
+        refusals: Refusals,
     ):
         self.sock = sock
         self.protocol_factory = protocol_factory
         self.max_connections = max_connections
         self.open_connections = open_connections
-        self.refusal = refusal
+        self.refusals = refusals
         self.accepted = 0
         self.refused = 0
+        self._refusing = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: set[asyncio.Task[None]] = set()
+        self._pending_refusals: set[asyncio.Task[None]] = set()
         self._watching = False
 
     def start(self) -> None:
@@ -102,36 +109,45 @@ class Acceptor:
             conn.setblocking(False)
             # Served: those whose protocol runs, and those on their way to it.
             if self.open_connections() + len(self._pending) >= self.max_connections:
-                self._refuse(conn)
+                self._refuse(loop, conn)
                 continue
             if conn.family in (socket.AF_INET, socket.AF_INET6):
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.accepted += 1
-            task = loop.create_task(self._serve(loop, conn))
+            task = loop.create_task(self._serve(loop, conn, self.protocol_factory))
             self._pending.add(task)  # referenced until done: the loop keeps weak references
             task.add_done_callback(self._pending.discard)
 
-    def _refuse(self, conn: socket.socket) -> None:
-        """Answer 503 with Retry-After and close, without the loop or a protocol.
-
-        Why an answer rather than a reset (a close with SO_LINGER 0, or no accept): a
-        client told 503 and Retry-After waits and comes back (the bot, a proxy's retry
-        policy), while a reset reads as a network fault that many clients retry at once.
-        What the client already sent is read first, so that the close sends a FIN after
-        the answer, not a reset that may destroy it (RFC 1122 4.2.2.13).
-        """
+    def _refuse(self, loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
         self.refused += 1
-        with contextlib.suppress(OSError):
-            conn.recv(65536)
-        with contextlib.suppress(OSError):
-            conn.send(self.refusal)
-        conn.close()
+        if self._refusing >= REFUSING:
+            self.refusals.at_once(conn)
+            return
+        self._refusing += 1
 
-    async def _serve(self, loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
+        def refusing() -> asyncio.Protocol:
+            return Refusing(self.refusals, self._refused)
+
+        task = loop.create_task(self._serve(loop, conn, refusing, self._refused))
+        self._pending_refusals.add(task)
+        task.add_done_callback(self._pending_refusals.discard)
+
+    def _refused(self) -> None:
+        self._refusing -= 1
+
+    async def _serve(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        conn: socket.socket,
+        protocol: Callable[[], asyncio.Protocol],
+        failed: Callable[[], None] | None = None,
+    ) -> None:
         try:
-            await loop.connect_accepted_socket(self.protocol_factory, conn)
+            await loop.connect_accepted_socket(protocol, conn)
         except Exception as exc:
             conn.close()
+            if failed is not None:
+                failed()
             log.warning("a connection failed to start", extra={"error": repr(exc)})
 
 

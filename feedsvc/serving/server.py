@@ -9,14 +9,17 @@ import socket
 from types import FrameType
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from feedsvc.config import Settings
 from feedsvc.http.errors import Answer
 from feedsvc.metrics import Metrics
 from feedsvc.relay.fanout import Fanout
+from feedsvc.relay.stream import BUSY
 from feedsvc.serving.acceptor import Acceptor, connection_cap
 from feedsvc.serving.coalescing import CoalescingProtocol
 from feedsvc.serving.limits import Cuts, GuardedHttp, Limits, raw, refusals
+from feedsvc.serving.refusal import Refusals
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +84,12 @@ class Server(uvicorn.Server):
             return CoalescingProtocol(made)
 
         cap = connection_cap(settings.max_connections)
-        busy = Answer.problem(503, "this api worker has all the connections it can take", None, 1)
         self.acceptor = Acceptor(
             self.sock,
             protocol,
             max_connections=cap,
             open_connections=lambda: len(self.server_state.connections),
-            refusal=raw(busy),
+            refusals=_refusals(),
         )
         self._follow(self.acceptor)
         self.acceptor.start()
@@ -115,3 +117,18 @@ class Server(uvicorn.Server):
         # Runs in the signal handler, between two steps of the event loop's thread;
         # closing only sets flags and wakes waiters.
         self.fanout.close()
+
+
+def _refusals() -> Refusals:
+    """503 with Retry-After; to a feed request, the feed's own answer when it is full."""
+    busy = Answer.problem(503, "this api worker has all the connections it can take", None, 1)
+    hint = b"".join(BUSY)
+    feed = b"".join(
+        (
+            STATUS_LINE[200],
+            b"content-type: text/event-stream\r\ncache-control: no-cache\r\n",
+            b"content-length: %d\r\nconnection: close\r\n\r\n" % len(hint),
+            hint,
+        )
+    )
+    return Refusals(busy=raw(busy), feed=feed)

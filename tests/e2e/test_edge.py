@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -237,27 +238,43 @@ def _kafka_errors(api: Api) -> float:
     )
 
 
-def test_connections_past_the_cap_get_503_and_are_counted(api: Api) -> None:
-    """With the worker's connections all open (feed streams), one more gets 503 and a close."""
-    refused_before = api.counter("feedsvc_connections_refused_total")
+@contextmanager
+def _every_connection_taken(api: Api) -> Iterator[None]:
+    """The api's connections all open: feed streams, held open by their heartbeats."""
     streams: list[socket.socket] = []
     try:
-        # Feed streams are held open by their heartbeats, whatever the idle limit.
         for _ in range(MAX_CONNECTIONS):
             conn = api.connect()
             streams.append(conn)
             conn.sendall(b"GET /feed?limit=0 HTTP/1.1\r\nHost: edge\r\n\r\n")
             assert conn.recv(64).startswith(b"HTTP/1.1 200")
-        with api.connect() as extra:
-            extra.sendall(b"GET /health/live HTTP/1.1\r\nHost: edge\r\n\r\n")
-            answer, _ = _read_all(extra, 10)
+        yield
     finally:
         for conn in streams:
             conn.close()
+
+
+def _one_more(api: Api, request: bytes) -> bytes:
+    with _every_connection_taken(api), api.connect() as extra:
+        extra.sendall(request)
+        return _read_all(extra, 10)[0]
+
+
+def test_connections_past_the_cap_get_503_and_are_counted(api: Api) -> None:
+    """With the worker's connections all open, one more gets 503 with Retry-After and a close."""
+    refused_before = api.counter("feedsvc_connections_refused_total")
+    answer = _one_more(api, b"GET /health/live HTTP/1.1\r\nHost: edge\r\n\r\n")
     assert _status(answer) == 503, answer[:200]
     head = answer.split(b"\r\n\r\n", 1)[0].lower()
     assert b"\r\nretry-after: 1" in head and b"\r\nconnection: close" in head
     assert api.counter("feedsvc_connections_refused_total") == refused_before + 1
+
+
+def test_a_feed_request_past_the_cap_gets_200_with_a_retry_hint(api: Api) -> None:
+    """A feed request past the cap gets the feed's own retry hint: an EventSource stops on 503."""
+    answer = _one_more(api, b"GET /feed HTTP/1.1\r\nHost: edge\r\n\r\n")
+    assert _status(answer) == 200, answer[:200]
+    assert b"text/event-stream" in answer and b"\r\n\r\nretry: " in answer
 
 
 def test_a_feed_stream_quiet_past_the_idle_limit_stays_open(api: Api) -> None:

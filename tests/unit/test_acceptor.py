@@ -21,6 +21,7 @@ import uvloop
 from feedsvc.serving import acceptor
 from feedsvc.serving.acceptor import Acceptor
 from feedsvc.serving.coalescing import CoalescingTransport
+from feedsvc.serving.refusal import Refusals
 
 CLIENTS = 200
 
@@ -78,7 +79,11 @@ async def _accept_under_load(
 
 def _uncapped(sock: socket.socket, factory: Callable[[], asyncio.Protocol]) -> Acceptor:
     return Acceptor(
-        sock, factory, max_connections=1_000_000, open_connections=lambda: 0, refusal=b""
+        sock,
+        factory,
+        max_connections=1_000_000,
+        open_connections=lambda: 0,
+        refusals=Refusals(b"", b""),
     )
 
 
@@ -212,8 +217,9 @@ def test_accept_failing_pauses_then_resumes(monkeypatch: pytest.MonkeyPatch) -> 
     assert 0.2 <= waited < 2.0
 
 
-def test_a_connection_past_the_cap_gets_the_refusal_and_is_closed() -> None:
-    """With the cap reached, a new connection reads the refusal, then end of stream."""
+def _refused(request: bytes) -> tuple[bytes, int, int]:
+    """What a client sending `request` reads from an acceptor whose cap is reached; the
+    acceptor's refusal count and connections served."""
 
     async def main() -> tuple[bytes, int, int]:
         sock = socket.create_server(("127.0.0.1", 0))
@@ -223,12 +229,12 @@ def test_a_connection_past_the_cap_gets_the_refusal_and_is_closed() -> None:
             lambda: Counted([0], made),
             max_connections=3,
             open_connections=lambda: 3,
-            refusal=b"HTTP/1.1 503 Service Unavailable\r\n\r\n",
+            refusals=Refusals(busy=b"503 busy", feed=b"200 retry later"),
         )
         served.start()
         with socket.create_connection(sock.getsockname()) as client:
             client.settimeout(5)
-            client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            client.sendall(request)
             got = b""
             while chunk := await asyncio.to_thread(client.recv, 4096):
                 got += chunk
@@ -236,9 +242,17 @@ def test_a_connection_past_the_cap_gets_the_refusal_and_is_closed() -> None:
         sock.close()
         return got, served.refused, len(made)
 
-    got, refused, made = uvloop.run(main())
-    assert got == b"HTTP/1.1 503 Service Unavailable\r\n\r\n"
-    assert (refused, made) == (1, 0)
+    return uvloop.run(main())
+
+
+def test_a_connection_past_the_cap_gets_503_and_is_closed() -> None:
+    """With the cap reached, a new connection reads the busy answer, then end of stream."""
+    assert _refused(b"GET /messages HTTP/1.1\r\n\r\n") == (b"503 busy", 1, 0)
+
+
+def test_a_feed_request_past_the_cap_gets_the_feeds_retry_answer() -> None:
+    """A feed request past the cap reads the feed's answer (an EventSource stops on a 503)."""
+    assert _refused(b"GET /feed?limit=0 HTTP/1.1\r\n\r\n") == (b"200 retry later", 1, 0)
 
 
 def test_the_cap_is_lowered_below_the_file_limit(monkeypatch: pytest.MonkeyPatch) -> None:
