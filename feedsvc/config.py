@@ -113,6 +113,30 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Kernel send buffer of each client socket, in bytes (0: the kernel's autotuning, up to
     4 MiB). It bounds what a stalled feed client holds in the kernel, and how soon it is cut."""
 
+    max_head_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 32_768
+    """The largest request head (request line and headers) the api reads; a larger one gets
+    431. Twice HAProxy's default buffer, which must hold a whole head (`tune.bufsize`,
+    16 KiB), so no head the front door lets through is cut; browsers' are a few KiB."""
+
+    head_timeout_s: Seconds = 10.0
+    """How long a request's head may take from its first byte; then 408. A proxy forwards
+    a head whole, so only a direct client that trickles one meets it."""
+
+    idle_timeout_s: Seconds = 75.0
+    """How long a connection may stay without a request (before its first, or between
+    two) before it is closed. Keep it above the front door's own idle timeouts, so the
+    proxy, not the api, closes a connection it pools (no request races the close)."""
+
+    body_timeout_s: Seconds = 2.5
+    """How long a POST's body may take after its head; then 408. At most half of
+    FEED_KAFKA_TIMEOUT_S is used, so Kafka always has the other half; a 4 KiB body takes
+    milliseconds on any link."""
+
+    max_connections: NonNegative = 0
+    """Open connections per api worker; one more gets 503 and is closed. 0 means the
+    worker's file limit (`ulimit -n`) less a quarter of it, at most 1,000, kept for Kafka,
+    the database and logs; a larger value is lowered to that, so descriptors never run out."""
+
     shutdown_grace_s: Seconds = 10.0
     """Seconds uvicorn gives open streams at SIGTERM; below compose's stop_grace_period."""
 

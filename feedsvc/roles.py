@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import logging
@@ -11,14 +10,11 @@ import signal
 import socket
 import tempfile
 from collections.abc import Callable, Iterator
-from types import FrameType
 
 import anyio
 import psycopg
-import uvicorn
 
 from feedsvc import kafka, schema
-from feedsvc.acceptor import Acceptor, CoalescingProtocol
 from feedsvc.config import Settings
 from feedsvc.http.admission import Admission
 from feedsvc.http.app import ApiParts, create_app
@@ -33,8 +29,10 @@ from feedsvc.metrics import Metrics, multiprocess_dir, prepare_multiprocess, wor
 from feedsvc.metrics.families import resolved_lag_s
 from feedsvc.relay.fanout import Fanout
 from feedsvc.relay.reader import CommittedReader
+from feedsvc.serving.server import Server, uvicorn_config
+from feedsvc.serving.sockets import listener, reserve_port
 from feedsvc.store import MessageStore, open_pool
-from feedsvc.workers import Supervisor, listener, reserve_port, worker_count
+from feedsvc.workers import Supervisor, worker_count
 
 log = logging.getLogger("feedsvc")
 
@@ -133,16 +131,7 @@ async def api(settings: Settings, listen: Callable[[], socket.socket]) -> None:
             reader=reader,
             fanout=fanout,
         )
-        config = uvicorn.Config(
-            create_app(parts),
-            host=settings.host,
-            port=settings.port,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            # Without it uvicorn waits forever on open SSE streams at SIGTERM.
-            timeout_graceful_shutdown=int(settings.shutdown_grace_s),
-        )
+        config = uvicorn_config(create_app(parts), settings)
         # uvicorn re-raises the signal it caught once it has shut down; a no-op
         # handler lets our own `async with` blocks close Kafka and the pool after it.
         signal.signal(signal.SIGTERM, lambda *_: None)
@@ -153,49 +142,9 @@ async def api(settings: Settings, listen: Callable[[], socket.socket]) -> None:
         sock = listen()
         url = f"http://{settings.host}:{sock.getsockname()[1]}"
         log.info("api listening", extra={"url": url, "pid": os.getpid()})
-        await _Server(fanout, config, sock).serve()
+        await Server(fanout, config, sock, settings, metrics).serve()
         tasks.cancel_scope.cancel()
     log.info("api stopped", extra={"pid": os.getpid()})
-
-
-class _Server(uvicorn.Server):
-    """uvicorn serving `sock` through our `Acceptor`, which takes every pending connection
-    at once; on SIGTERM it first ends every feed stream so clients reconnect elsewhere."""
-
-    def __init__(self, fanout: Fanout, config: uvicorn.Config, sock: socket.socket) -> None:
-        super().__init__(config)
-        self.fanout = fanout
-        self.sock = sock
-        self.acceptor: Acceptor | None = None
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        # An empty list: uvicorn opens no server of its own (uvicorn.Server.startup).
-        await super().startup(sockets=[])
-        config = self.config
-
-        def protocol() -> asyncio.Protocol:
-            # What uvicorn's own server builds for each connection, writing through a
-            # CoalescingTransport (one send per answer, not two).
-            made = config.http_protocol_class(  # type: ignore[call-arg]
-                config=config, server_state=self.server_state, app_state=self.lifespan.state
-            )
-            return CoalescingProtocol(made)
-
-        self.acceptor = Acceptor(self.sock, protocol)
-        self.acceptor.start()
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        # Stop accepting first, as uvicorn does with its own servers.
-        if self.acceptor is not None:
-            self.acceptor.close()
-        self.sock.close()
-        await super().shutdown(sockets=[])
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        super().handle_exit(sig, frame)
-        # Runs in the signal handler, between two steps of the event loop's thread;
-        # closing only sets flags and wakes waiters.
-        self.fanout.close()
 
 
 def _feed_metrics(metrics: Metrics, reader: CommittedReader, fanout: Fanout) -> None:

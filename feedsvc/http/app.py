@@ -84,6 +84,9 @@ def create_app(parts: ApiParts) -> Litestar:
     # HEAD inside the access log, so a HEAD is logged as HEAD; posts skip the framework,
     # but not the access log (http/door.py).
     heads = methods.HeadAndAllow(app.asgi_handler)
-    door = PostsAtTheDoor(heads, parts.submitter, cors=bool(origins))
+    # Kafka keeps at least half of a post's time (README, Limits at the edge).
+    settings = parts.settings
+    body_timeout_s = min(settings.body_timeout_s, settings.kafka_timeout_s / 2)
+    door = PostsAtTheDoor(heads, parts.submitter, cors=bool(origins), body_timeout_s=body_timeout_s)
     app.asgi_handler = AccessLog(door, parts.metrics.http)
     return app

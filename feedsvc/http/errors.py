@@ -23,10 +23,12 @@ _NAMES = {
     400: "bad_request",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "body_too_large",
     415: "unsupported_media_type",
     422: "unprocessable_content",
     429: "too_many_requests",
+    431: "request_header_fields_too_large",
     500: "internal_error",
     503: "unavailable",
 }

@@ -1,8 +1,8 @@
 """Process metrics with `prometheus-client`: one registry per process, summed across workers.
 
 Each process builds one `Metrics` (its own `CollectorRegistry`, never the client's global
-one, so tests and several roles in one interpreter do not collide); its families
-(`http`, `posts`, `health`, `feed`, `writer`) are created on first use, so a process exposes only
+one, so tests and several roles in one interpreter do not collide); its families (`http`,
+`connections`, `posts`, `health`, `feed`, `writer`) are created on first use, so a process exposes only
 what it runs (their metrics, names and labels: `feedsvc.metrics.families`). `render` is
 the `/metrics` body.
 
@@ -40,6 +40,7 @@ from prometheus_client import (
 from prometheus_client.metrics import disable_created_metrics
 
 from feedsvc.metrics.families import (
+    ConnectionMetrics,
     FeedMetrics,
     HealthMetrics,
     HttpMetrics,
@@ -104,6 +105,11 @@ class Metrics:
     def http(self) -> HttpMetrics:
         """Request durations of the api (every route but the endless `/feed`)."""
         return HttpMetrics(self.registry)
+
+    @cached_property
+    def connections(self) -> ConnectionMetrics:
+        """The api's connections: open, refused past the cap, cut by a limit."""
+        return ConnectionMetrics(self.registry)
 
     @cached_property
     def posts(self) -> PostMetrics:

@@ -52,6 +52,30 @@ class HttpMetrics:
 _METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
 
 
+class ConnectionMetrics:
+    """Connections to the api and those its limits refused or cut (README, Limits at the edge)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.open = Gauge(
+            "feedsvc_connections_open",
+            "Client connections open, feed streams included.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.refused = Counter(
+            "feedsvc_connections_refused",
+            "Connections answered 503 and closed at once: the worker had FEED_MAX_CONNECTIONS.",
+            registry=registry,
+        )
+        self.cut = Counter(
+            "feedsvc_connections_cut",
+            "Connections closed by a limit before a request was served, by reason "
+            "(head_too_large: 431, head_timeout: 408, idle: no request in time).",
+            ["reason"],
+            registry=registry,
+        )
+
+
 class PostMetrics:
     """What became of each `POST /messages`."""
 

@@ -49,7 +49,7 @@ LAYERS: dict[str, int] = {
     "feedsvc.http.app": ROOT_LAYER,
     "feedsvc.roles": ROOT_LAYER,
     "feedsvc.workers": ROOT_LAYER,  # the api's worker processes, started by roles
-    "feedsvc.acceptor": ROOT_LAYER,  # the api's listening socket, served by roles
+    "feedsvc.serving": ROOT_LAYER,  # the api worker's socket, connections and limits
     "feedsvc.__main__": ROOT_LAYER,
 }
 """A module's layer is that of the longest name here it is, or is inside of."""

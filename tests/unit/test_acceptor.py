@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import resource
 import socket
 import time
 from collections.abc import Callable, Coroutine
@@ -17,8 +18,10 @@ from typing import Any
 import pytest
 import uvloop
 
-from feedsvc import acceptor
-from feedsvc.acceptor import Acceptor, CoalescingTransport
+from feedsvc.serving import acceptor
+from feedsvc.serving.acceptor import Acceptor
+from feedsvc.serving.coalescing import CoalescingTransport
+from feedsvc.serving.refusal import Refusals
 
 CLIENTS = 200
 
@@ -74,10 +77,20 @@ async def _accept_under_load(
     return made
 
 
+def _uncapped(sock: socket.socket, factory: Callable[[], asyncio.Protocol]) -> Acceptor:
+    return Acceptor(
+        sock,
+        factory,
+        max_connections=1_000_000,
+        open_connections=lambda: 0,
+        refusals=Refusals(b"", b""),
+    )
+
+
 async def _with_acceptor(
     sock: socket.socket, factory: Callable[[], asyncio.Protocol]
 ) -> Callable[[], None]:
-    acceptor = Acceptor(sock, factory)
+    acceptor = _uncapped(sock, factory)
     acceptor.start()
 
     def close() -> None:
@@ -188,7 +201,7 @@ def test_accept_failing_pauses_then_resumes(monkeypatch: pytest.MonkeyPatch) -> 
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         began = time.monotonic()
-        served = Acceptor(sock, lambda: Counted([0], []))
+        served = _uncapped(sock, lambda: Counted([0], []))
         with socket.create_connection(sock.getsockname()) as client:
             served.start()
             client.settimeout(5)
@@ -202,3 +215,48 @@ def test_accept_failing_pauses_then_resumes(monkeypatch: pytest.MonkeyPatch) -> 
     failed, waited = uvloop.run(main())
     assert failed == 1
     assert 0.2 <= waited < 2.0
+
+
+def _refused(request: bytes) -> tuple[bytes, int, int]:
+    """What a client sending `request` reads from an acceptor whose cap is reached; the
+    acceptor's refusal count and connections served."""
+
+    async def main() -> tuple[bytes, int, int]:
+        sock = socket.create_server(("127.0.0.1", 0))
+        made: list[int] = []
+        served = Acceptor(
+            sock,
+            lambda: Counted([0], made),
+            max_connections=3,
+            open_connections=lambda: 3,
+            refusals=Refusals(busy=b"503 busy", feed=b"200 retry later"),
+        )
+        served.start()
+        with socket.create_connection(sock.getsockname()) as client:
+            client.settimeout(5)
+            client.sendall(request)
+            got = b""
+            while chunk := await asyncio.to_thread(client.recv, 4096):
+                got += chunk
+        served.close()
+        sock.close()
+        return got, served.refused, len(made)
+
+    return uvloop.run(main())
+
+
+def test_a_connection_past_the_cap_gets_503_and_is_closed() -> None:
+    """With the cap reached, a new connection reads the busy answer, then end of stream."""
+    assert _refused(b"GET /messages HTTP/1.1\r\n\r\n") == (b"503 busy", 1, 0)
+
+
+def test_a_feed_request_past_the_cap_gets_the_feeds_retry_answer() -> None:
+    """A feed request past the cap reads the feed's answer (an EventSource stops on a 503)."""
+    assert _refused(b"GET /feed?limit=0 HTTP/1.1\r\n\r\n") == (b"200 retry later", 1, 0)
+
+
+def test_the_cap_is_lowered_below_the_file_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cap above the file limit is lowered, keeping a quarter of the descriptors for the rest."""
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 4096))
+    assert (acceptor.connection_cap(0), acceptor.connection_cap(5000)) == (768, 768)
+    assert acceptor.connection_cap(100) == 100

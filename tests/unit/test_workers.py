@@ -20,7 +20,8 @@ import pytest
 
 from devstack.poll import wait_until
 from devstack.procs import pid_alive
-from feedsvc.workers import listener, reserve_port, worker_count
+from feedsvc.serving.sockets import listener, reserve_port
+from feedsvc.workers import worker_count
 
 # `work` writes <dir>/<pid> and runs MODE: "sleep" until SIGTERM (then exits 0), "crash"
 # at once (exit 3).

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from devstack import free_port
 from devstack.procs import listeners
-from feedsvc.workers import listener, reserve_port
+from feedsvc.serving.sockets import listener, reserve_port
 
 
 def test_ports_lie_below_the_ephemeral_range_and_are_never_handed_out_twice() -> None:

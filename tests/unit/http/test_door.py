@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -20,6 +21,7 @@ from tests.unit.http.fakes import FakeClaims, FakeProducer, sample
 
 BODY = {"author": "ada", "text": "hello"}
 JSON = {"Content-Type": "application/json"}
+BODY_TIMEOUT_S = 0.2
 
 
 def submitter(
@@ -54,7 +56,9 @@ def door_app(sub: Submitter, *, cors: bool = False) -> tuple[Litestar, list[str]
         return {"status": "handler"}
 
     litestar = Litestar([handler], logging_config=None)
-    litestar.asgi_handler = PostsAtTheDoor(litestar.asgi_handler, sub, cors=cors)
+    litestar.asgi_handler = PostsAtTheDoor(
+        litestar.asgi_handler, sub, cors=cors, body_timeout_s=BODY_TIMEOUT_S
+    )
     return litestar, reached
 
 
@@ -186,7 +190,9 @@ async def call(door: PostsAtTheDoor, incoming: list[dict[str, Any]]) -> list[dic
 async def test_a_client_that_leaves_mid_body_gets_nothing_sent() -> None:
     """The body never finished: no Kafka send and no answer written."""
     producer = FakeProducer()
-    door = PostsAtTheDoor(_unreachable, submitter(producer), cors=False)
+    door = PostsAtTheDoor(
+        _unreachable, submitter(producer), cors=False, body_timeout_s=BODY_TIMEOUT_S
+    )
     sent = await call(
         door,
         [
@@ -200,7 +206,9 @@ async def test_a_client_that_leaves_mid_body_gets_nothing_sent() -> None:
 async def test_a_body_too_large_without_content_length_is_413() -> None:
     """Chunks adding up past the limit: 413 once the limit is passed, nothing sent."""
     producer = FakeProducer()
-    door = PostsAtTheDoor(_unreachable, submitter(producer), cors=False)
+    door = PostsAtTheDoor(
+        _unreachable, submitter(producer), cors=False, body_timeout_s=BODY_TIMEOUT_S
+    )
     half = b"x" * (MAX_BODY_BYTES // 2 + 1)
     chunk = {"type": "http.request", "body": half, "more_body": True}
     sent = await call(door, [chunk, dict(chunk)])
@@ -219,3 +227,35 @@ async def test_a_bug_is_a_500_in_our_shape(caplog: pytest.LogCaptureFixture) -> 
 
 async def _unreachable(scope: Any, receive: Any, send: Any) -> None:
     raise AssertionError("the door passed on a post it should answer")
+
+
+async def test_a_body_slower_than_its_timeout_is_408_and_no_kafka_error() -> None:
+    """A body still unfinished at its timeout: 408 naming the body; nothing sent, no send error."""
+    producer = FakeProducer()
+    sub = submitter(producer)
+    door = PostsAtTheDoor(_unreachable, sub, cors=False, body_timeout_s=BODY_TIMEOUT_S)
+    sent: list[dict[str, Any]] = []
+    first = [{"type": "http.request", "body": b'{"author":"a",', "more_body": True}]
+
+    async def receive() -> Any:
+        if first:
+            return first.pop()
+        await asyncio.Event().wait()  # the rest never comes
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope: Any = {
+        "type": "http",
+        "method": "POST",
+        "path": "/messages",
+        "headers": [(b"content-type", b"application/json")],
+    }
+    await asyncio.wait_for(door(scope, receive, send), 5)
+    start, body = sent
+    assert start["status"] == 408
+    assert (b"connection", b"close") in start["headers"]
+    assert json.loads(body["body"])["field"] == "body"
+    assert producer.calls == 0
+    errors = [m for m in sub.metrics.registry.collect() if m.name == "feedsvc_kafka_send_errors"]
+    assert [sample for family in errors for sample in family.samples] == []

@@ -14,35 +14,57 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import socket
 from collections.abc import Callable
-from typing import Any, cast
+
+from feedsvc.serving.refusal import Refusals, Refusing
 
 log = logging.getLogger(__name__)
 
 BATCH = 1024
 """The most connections accepted in one go; the rest wait for the next loop iteration."""
 
+REFUSING = 64
+"""The most refused connections waiting for their request at once; past it, each is
+answered from what it has sent so far. They hold descriptors of the reserve beyond the cap."""
+
 PAUSE_S = 1.0
 """How long accepting pauses after accept(2) failed (e.g. out of file descriptors)."""
 
 
 class Acceptor:
-    """Serves a listening socket with `protocol_factory`, accepting in batches.
+    """Serves a listening socket with `protocol_factory`, accepting in batches, and refuses
+    connections past `max_connections` open (`open_connections()` of them are served).
 
     Note: each connection is handed to the running loop's `connect_accepted_socket`,
     the loop's documented way to serve a socket accepted elsewhere
     (https://docs.python.org/3/library/asyncio-eventloop.html#asyncio.loop.connect_accepted_socket).
     Accepted sockets inherit the listener's options (its send buffer); TCP_NODELAY is set
-    on each, as the loop's own server does.
+    on each, as the loop's own server does. A connection past the cap gets an answer
+    from `refusals` and is closed (`refused` counts them).
     """
 
-    def __init__(self, sock: socket.socket, protocol_factory: Callable[[], asyncio.Protocol]):
+    def __init__(
+        self,
+        sock: socket.socket,
+        protocol_factory: Callable[[], asyncio.Protocol],
+        *,
+        max_connections: int,
+        open_connections: Callable[[], int],
+        refusals: Refusals,
+    ):
         self.sock = sock
         self.protocol_factory = protocol_factory
+        self.max_connections = max_connections
+        self.open_connections = open_connections
+        self.refusals = refusals
         self.accepted = 0
+        self.refused = 0
+        self._refusing = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: set[asyncio.Task[None]] = set()
+        self._pending_refusals: set[asyncio.Task[None]] = set()
         self._watching = False
 
     def start(self) -> None:
@@ -85,95 +107,63 @@ class Acceptor:
                 loop.call_later(PAUSE_S, self._watch)
                 return
             conn.setblocking(False)
+            # Served: those whose protocol runs, and those on their way to it.
+            if self.open_connections() + len(self._pending) >= self.max_connections:
+                self._refuse(loop, conn)
+                continue
             if conn.family in (socket.AF_INET, socket.AF_INET6):
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.accepted += 1
-            task = loop.create_task(self._serve(loop, conn))
+            task = loop.create_task(self._serve(loop, conn, self.protocol_factory))
             self._pending.add(task)  # referenced until done: the loop keeps weak references
             task.add_done_callback(self._pending.discard)
 
-    async def _serve(self, loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
+    def _refuse(self, loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
+        self.refused += 1
+        if self._refusing >= REFUSING:
+            self.refusals.at_once(conn)
+            return
+        self._refusing += 1
+
+        def refusing() -> asyncio.Protocol:
+            return Refusing(self.refusals, self._refused)
+
+        task = loop.create_task(self._serve(loop, conn, refusing, self._refused))
+        self._pending_refusals.add(task)
+        task.add_done_callback(self._pending_refusals.discard)
+
+    def _refused(self) -> None:
+        self._refusing -= 1
+
+    async def _serve(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        conn: socket.socket,
+        protocol: Callable[[], asyncio.Protocol],
+        failed: Callable[[], None] | None = None,
+    ) -> None:
         try:
-            await loop.connect_accepted_socket(self.protocol_factory, conn)
+            await loop.connect_accepted_socket(protocol, conn)
         except Exception as exc:
             conn.close()
+            if failed is not None:
+                failed()
             log.warning("a connection failed to start", extra={"error": repr(exc)})
 
 
-class CoalescingTransport:
-    """A connection's transport whose writes within one loop turn leave in one send(2).
+def connection_cap(configured: int) -> int:
+    """The most connections a worker serves: `configured` (0: no choice) within its file limit.
 
-    Why: uvicorn writes an answer's status line and headers, then its body, with two
-    writes, and on loopback each write is a send(2) that also runs the receiver's TCP
-    path: under a flood of refusals the two were 30 % of a worker's CPU (py-spy). Writes
-    are gathered and written together at the start of the loop's next turn (a
-    `call_soon`); `close` and `write_eof` write what is gathered first.
+    Note: a quarter of the limit, at most 1,000, is kept for everything else the worker
+    opens (Kafka, the database pool, metrics files, refusals in progress).
     """
-
-    __slots__ = ("_loop", "_pending", "_transport")
-
-    def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop):
-        # Any: uvloop's transports are not subclasses of asyncio's.
-        self._transport = transport
-        self._loop = loop
-        self._pending: list[bytes | bytearray | memoryview] | None = None
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._pending is None:
-            self._pending = [data]
-            self._loop.call_soon(self._flush)
-        else:
-            self._pending.append(data)
-
-    def _flush(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending and not self._transport.is_closing():
-            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
-
-    def close(self) -> None:
-        self._flush()
-        self._transport.close()
-
-    def write_eof(self) -> None:
-        self._flush()
-        self._transport.write_eof()
-
-    def abort(self) -> None:
-        self._pending = None
-        self._transport.abort()
-
-    def get_write_buffer_size(self) -> int:
-        gathered = sum(len(d) for d in self._pending) if self._pending else 0
-        return int(self._transport.get_write_buffer_size()) + gathered
-
-    def __getattr__(self, name: str) -> Any:
-        # Everything else (reading, flow control, extra info) is the transport's own.
-        return getattr(self._transport, name)
-
-
-class CoalescingProtocol(asyncio.Protocol):
-    """`protocol`, given its transport as a `CoalescingTransport`."""
-
-    __slots__ = ("protocol",)
-
-    def __init__(self, protocol: asyncio.Protocol) -> None:
-        self.protocol = protocol
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        coalescing = CoalescingTransport(transport, asyncio.get_running_loop())
-        self.protocol.connection_made(cast(asyncio.BaseTransport, coalescing))
-
-    def data_received(self, data: bytes) -> None:
-        self.protocol.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self.protocol.eof_received()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.protocol.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self.protocol.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.protocol.resume_writing()
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return configured or 1_000_000
+    room = max(1, soft - min(1000, soft // 4))
+    if configured > room:
+        log.warning(
+            "FEED_MAX_CONNECTIONS is above what the file limit allows; lowered",
+            extra={"configured": configured, "used": room, "file_limit": soft},
+        )
+    return min(configured, room) if configured else room
