@@ -2,8 +2,8 @@
 
 Each process builds one `Metrics` (its own `CollectorRegistry`, never the client's global
 one, so tests and several roles in one interpreter do not collide); its families (`http`,
-`connections`, `posts`, `health`, `feed`, `writer`) are created on first use, so a process exposes only
-what it runs (their metrics, names and labels: `feedsvc.metrics.families`). `render` is
+`connections`, `posts`, `health`, `feed`, `writer`) are created on first use, so a
+process exposes only what it runs (their metrics, names and labels: `feedsvc.metrics.families`). `render` is
 the `/metrics` body.
 
 Several api workers add up through the client's multiprocess mode
