@@ -34,7 +34,7 @@ case "$*" in
   "version --format {{.Server.Version}}") echo "${FAKE_ENGINE:-27.3.1}" ;;
   "compose version --short") echo "$FAKE_COMPOSE_VERSION" ;;
   "compose config --images")
-    printf '%s\n' cockroachdb/cockroach:v25.4.14 apache/kafka:4.1.1 feedsvc:local ;;
+    printf '%s\n' cockroachdb/cockroach:v25.4.14 apache/kafka:4.1.1 feedsvc-api ;;
   image\ inspect*)
     case " $FAKE_MISSING_IMAGES " in *" ${*: -1} "*) exit 1 ;; esac ;;
   "compose pull --ignore-buildable") echo "pulling with progress" ;;
@@ -48,8 +48,9 @@ case "$*" in
       'setup|exited||1' 'writer|restarting|unhealthy|1' 'writer|restarting|unhealthy|1' ;;
   "compose config --services")
     printf '%s\n' roach1 roach-init kafka setup writer api ;;
-  compose\ exec\ -T\ roach1\ cockroach\ sql\ --insecure\ --format=tsv\ -e*)
+  compose\ exec\ -T\ roach[123]\ cockroach\ sql\ --insecure\ --format=tsv\ -e*)
     [ -z "$FAKE_SQL_DOWN" ] || exit 1
+    case " $FAKE_DOWN_NODES " in *" $4 "*) exit 1 ;; esac
     case "$*" in
       *"SHOW CLUSTER SETTING enterprise.license"*)
         printf 'enterprise.license\n%s\n' "$FAKE_LICENSE" ;;
@@ -77,7 +78,7 @@ def run(
     """Run a script with the fake docker first on PATH; returns its result and the calls.
 
     `knobs` sets the fake's other knobs: no_compose, missing_images, license, sql_down,
-    init_unknown (each FAKE_<NAME>).
+    down_nodes, init_unknown (each FAKE_<NAME>).
     """
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
@@ -237,6 +238,14 @@ def test_licence_notice_without_a_recorded_init_time(tmp_path: Path) -> None:
     done, _ = run(tmp_path, "run.sh", license="", init_unknown="1")
     assert done.returncode == 0, done.stderr
     assert "7 days after this cluster was initialized" in done.stdout
+
+
+def test_licence_notice_asks_another_node_when_roach1_is_down(tmp_path: Path) -> None:
+    """With roach1 stopped, run.sh's SQL goes through roach2 and the notice keeps its date."""
+    done, calls = run(tmp_path, "run.sh", license="", down_nodes="roach1")
+    assert done.returncode == 0, done.stderr
+    assert "grace period ends 2026-12-05 07:40:54 UTC" in done.stdout
+    assert any(call.startswith("compose exec -T roach2 cockroach sql") for call in calls)
 
 
 def test_licence_check_failing_does_not_fail_run(tmp_path: Path) -> None:

@@ -80,11 +80,12 @@ def test_every_script_the_workflow_calls_exists() -> None:
 
 
 FAKE_DOCKER = r"""#!/usr/bin/env bash
+case " $FAKE_DOWN_NODES " in *" $4 "*) exit 1 ;; esac
 case "$*" in
   *"SHOW CHANGEFEED JOBS"*)
     n=$(($(cat "$FAKE_COUNT" 2>/dev/null || echo 0) + 1)); echo "$n" >"$FAKE_COUNT"
-    printf 'job_id\tstatus\n'
-    if [ "$n" -lt "$FAKE_RUNNING_AFTER" ]; then printf '7\tpending\n'; exit 0; fi
+    printf 'job_id\tstatus\tcoordinator\n'
+    if [ "$n" -lt "$FAKE_RUNNING_AFTER" ]; then printf '7\tpending\troach1\n'; exit 0; fi
     printf '%b' "$FAKE_JOBS" ;;
   *) exit 3 ;;
 esac
@@ -92,7 +93,7 @@ esac
 
 
 def changefeed_running(
-    tmp_path: Path, jobs: str, running_after: int = 1
+    tmp_path: Path, jobs: str, running_after: int = 1, down_nodes: str = ""
 ) -> subprocess.CompletedProcess[str]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -103,6 +104,7 @@ def changefeed_running(
         "FAKE_JOBS": jobs,
         "FAKE_COUNT": str(tmp_path / "count"),
         "FAKE_RUNNING_AFTER": str(running_after),
+        "FAKE_DOWN_NODES": down_nodes,
         "FEEDSVC_CHANGEFEED_TIMEOUT": "6",
     }
     return subprocess.run(
@@ -117,18 +119,27 @@ def changefeed_running(
 
 def test_one_running_changefeed_passes(tmp_path: Path) -> None:
     """Exactly one unfinished job, and it runs: exit 0, naming it."""
-    done = changefeed_running(tmp_path, "7\\trunning\\n")
+    done = changefeed_running(tmp_path, "7\\trunning\\troach2\\n")
     assert done.returncode == 0, done.stderr
-    assert "changefeed 7 is running" in done.stdout
+    assert "changefeed 7 is running on roach2" in done.stdout
+
+
+def test_changefeed_is_checked_with_roach1_down(tmp_path: Path) -> None:
+    """With roach1 stopped the question goes to another node and still passes."""
+    done = changefeed_running(tmp_path, "7\\trunning\\troach2\\n", down_nodes="roach1")
+    assert done.returncode == 0, done.stderr
+    assert "changefeed 7 is running on roach2" in done.stdout
 
 
 def test_a_pending_changefeed_is_waited_for(tmp_path: Path) -> None:
     """A job that is still pending after a restart gets a bounded wait."""
-    done = changefeed_running(tmp_path, "7\\trunning\\n", running_after=2)
+    done = changefeed_running(tmp_path, "7\\trunning\\troach1\\n", running_after=2)
     assert done.returncode == 0, done.stderr
 
 
-@pytest.mark.parametrize("jobs", ["7\\trunning\\n8\\trunning\\n", "7\\tpaused\\n", ""])
+@pytest.mark.parametrize(
+    "jobs", ["7\\trunning\\troach1\\n8\\trunning\\troach2\\n", "7\\tpaused\\troach1\\n", ""]
+)
 def test_two_changefeeds_or_none_running_fail(tmp_path: Path, jobs: str) -> None:
     """A second changefeed, a paused one, or none at all fails after the timeout."""
     done = changefeed_running(tmp_path, jobs)
