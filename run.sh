@@ -5,7 +5,9 @@
 # deletes data. ./stop.sh stops the stack.
 #
 # FEEDSVC_START_TIMEOUT (seconds, default 600) bounds the wait for health; pulling
-# the images on a first run comes before it.
+# the images on a first run comes before it. FEEDSVC_RUN_LOG names a file that keeps
+# what Compose said (the quiet build and `up`), which is otherwise deleted on exit: the
+# CI workflow greps it for recreated containers.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -25,8 +27,13 @@ docker_engine_preflight run.sh
 # shellcheck source=scripts/lib/cluster-sql.sh
 . scripts/lib/cluster-sql.sh
 
-log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
+if [ -n "${FEEDSVC_RUN_LOG:-}" ]; then
+    log="$FEEDSVC_RUN_LOG"
+    : >"$log"
+else
+    log="$(mktemp)"
+    trap 'rm -f "$log"' EXIT
+fi
 
 # --- Pull and build -----------------------------------------------------------
 # Images the stack needs that are not on this machine yet (ours, one per built
@@ -49,7 +56,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     docker compose build || die "building the image failed (output above)"
 else
     echo "Building the feedsvc image if the code changed..."
-    if ! docker compose build >"$log" 2>&1; then
+    if ! docker compose build >>"$log" 2>&1; then
         tail -n 40 "$log" >&2
         die "building the image failed (output above)"
     fi
@@ -97,7 +104,7 @@ report_failure() {
 }
 
 echo "Starting the stack and waiting until it is healthy (up to ${timeout_s}s)..."
-if ! docker compose up --detach --wait --wait-timeout "$timeout_s" --quiet-pull >"$log" 2>&1; then
+if ! docker compose up --detach --wait --wait-timeout "$timeout_s" --quiet-pull >>"$log" 2>&1; then
     report_failure
     exit 1
 fi

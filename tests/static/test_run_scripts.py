@@ -40,7 +40,8 @@ case "$*" in
   "compose pull --ignore-buildable") echo "pulling with progress" ;;
   "compose build") echo "building with progress" ;;
   compose\ up*)
-    if [ -n "$FAKE_UP_ERROR" ]; then echo "$FAKE_UP_ERROR" >&2; exit 1; fi ;;
+    if [ -n "$FAKE_UP_ERROR" ]; then echo "$FAKE_UP_ERROR" >&2; exit 1; fi
+    echo "Container feedsvc-api-1  Running" ;;
   "compose ps --all --quiet") printf '%s\n' c1 c2 c3 c4 c5 c6 ;;
   inspect\ --format*)
     [ "${*: -6}" = "c1 c2 c3 c4 c5 c6" ] || exit 4
@@ -73,6 +74,7 @@ def run(
     *args: str,
     version: str = "2.29.1",
     up_error: str = "",
+    env_extra: dict[str, str] | None = None,
     **knobs: str,
 ) -> tuple[subprocess.CompletedProcess[str], list[str]]:
     """Run a script with the fake docker first on PATH; returns its result and the calls.
@@ -94,6 +96,7 @@ def run(
         "FAKE_COMPOSE_VERSION": version,
         "FAKE_UP_ERROR": up_error,
         **{f"FAKE_{name.upper()}": value for name, value in knobs.items()},
+        **(env_extra or {}),
     }
     done = subprocess.run(
         [str(ROOT / script), *args],
@@ -216,6 +219,14 @@ def test_later_runs_build_quietly(tmp_path: Path) -> None:
     assert not any(call.startswith("compose pull") for call in calls)
     assert "compose build" in calls
     assert "building with progress" not in done.stdout
+
+
+def test_run_keeps_what_compose_said_in_feedsvc_run_log(tmp_path: Path) -> None:
+    """FEEDSVC_RUN_LOG keeps `up`'s output, which the workflow's re-run step greps."""
+    log = tmp_path / "compose.log"
+    done, _ = run(tmp_path, "run.sh", env_extra={"FEEDSVC_RUN_LOG": str(log)})
+    assert done.returncode == 0, done.stderr
+    assert "Container feedsvc-api-1  Running" in log.read_text()
 
 
 def test_run_prints_when_the_licence_grace_period_ends(tmp_path: Path) -> None:

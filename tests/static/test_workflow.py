@@ -35,18 +35,21 @@ def test_workflow_runs_on_push_and_pull_request() -> None:
     assert re.search(r"^on:\n  push:\n  pull_request:\n", text, flags=re.MULTILINE)
 
 
-def test_docker_job_runs_the_seven_steps_in_order() -> None:
-    """run.sh + smoke, test.sh, re-run, node drill, Kafka drill, stop/start/purge, logs."""
+def test_docker_job_runs_the_steps_in_order() -> None:
+    """test.sh alone, run.sh + smoke, re-run, node and coordinator drills, Kafka drill,
+    stop/start/purge, logs."""
     docker = jobs()["docker"]
     steps = [
-        "./run.sh",
+        "run: ./test.sh",
+        "run: ./run.sh",
         "python3 scripts/smoke.py check",
-        "SELECT count(*) FROM messages WHERE id",
+        "SELECT count(*) FROM messages WHERE id =",
         "scripts/changefeed-running",
-        "./test.sh",
         "docker compose ps --all --quiet",
         "docker compose stop roach2",
         "docker compose start roach2",
+        'docker compose stop "$coordinator"',
+        'docker compose start "$coordinator"',
         "--allow 503 --require 503",
         "docker compose restart kafka",
         "          ./stop.sh\n",
@@ -60,12 +63,53 @@ def test_docker_job_runs_the_seven_steps_in_order() -> None:
     assert docker.count("if: failure()") == 2
 
 
+def _step(name: str) -> str:
+    """The text of the docker job's step whose name starts with `name`."""
+    parts = re.split(r"^      - ", jobs()["docker"], flags=re.MULTILINE)
+    found = [part for part in parts if part.startswith(f"name: {name}")]
+    assert len(found) == 1, name
+    return found[0]
+
+
+def test_the_suite_runs_before_the_stack_starts() -> None:
+    """./test.sh (Docker mode) comes before the first ./run.sh, so the two never overlap."""
+    docker = jobs()["docker"]
+    assert docker.index("run: ./test.sh") < docker.index("run: ./run.sh")
+    assert "FEEDSVC_TEST_LOGS: compose-logs/" in _step("./test.sh")
+
+
+def test_the_rerun_check_reads_what_compose_said() -> None:
+    """The re-run greps the file run.sh keeps Compose's output in, not run.sh's stdout."""
+    step = _step("./run.sh again")
+    kept = re.search(r"FEEDSVC_RUN_LOG=(\S+) \./run\.sh", step)
+    assert kept, step
+    assert re.search(r"grep -Ei '[^']*recreat[^']*'[^\n]*" + re.escape(kept.group(1)), step)
+
+
+def test_the_restart_check_counts_the_drills_messages() -> None:
+    """After ./stop.sh and ./run.sh, the messages the drills accepted are counted by id."""
+    step = _step("./stop.sh, ./run.sh")
+    for ids in ("node-drill.ids", "coordinator-drill.ids", "kafka-drill.ids"):
+        assert ids in step, ids
+    assert "WHERE id IN ($list)" in step
+    assert '[ "$count" = "$expected" ]' in step
+    assert '"$count" -gt 0' not in step
+
+
+def test_the_coordinator_drill_stops_the_changefeeds_node() -> None:
+    """The drill stops the node changefeed-running names, with a stall bound and no reset."""
+    step = _step("Coordinator drill")
+    assert "scripts/changefeed-running | sed -n 's/^changefeed [0-9]* is running on //p'" in step
+    assert "--feed-bound 60 --no-reset" in step
+
+
 def test_native_job_runs_the_suite_without_docker() -> None:
     """The second job runs ./test.sh (through .ci/run) in native mode."""
     native = jobs()["native"]
     assert "FEEDSVC_TEST_MODE: native" in native
     assert "run: .ci/run" in native
-    assert 'python-version: "3.11"' in native
+    assert 'python: ["3.11", "3.13"]' in native
+    assert "UV_PYTHON: ${{ matrix.python }}" in native
 
 
 def test_every_script_the_workflow_calls_exists() -> None:
