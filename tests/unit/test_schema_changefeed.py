@@ -185,6 +185,14 @@ def test_gap_marker_is_written_before_the_fresh_changefeed() -> None:
     assert "on_error = 'pause'" in conn.log[creates[0]]
 
 
+def test_changefeed_omits_virtual_columns_explicitly() -> None:
+    """CREATE CHANGEFEED says `virtual_columns = 'omitted'`: the sharded index draws no warning."""
+    conn = FakeConn(None, rows=False)
+    ensure(conn)
+    creates = [s for s in conn.log if s.startswith("CREATE CHANGEFEED")]
+    assert len(creates) == 1 and "virtual_columns = 'omitted'" in creates[0]
+
+
 def test_refused_cursor_falls_back_to_a_fresh_changefeed_with_a_marker() -> None:
     """When CockroachDB refuses the cursor, setup still succeeds: fresh job, marker first."""
     conn = FakeConn(job("failed", hlc(60)), rows=True, refuse_cursor=True)
