@@ -43,3 +43,11 @@ def test_the_file_set_has_the_code_and_not_the_repository() -> None:
     assert "tests/unit/test_architecture.py" in files and "feedsvc/__init__.py" in files
     assert "ARCHITECTURE.md" not in files
     assert not any(path.startswith(".git/") or path.endswith(".pyc") for path in files)
+
+
+def test_test_sh_runs_the_check_natively() -> None:
+    """./test.sh's native path runs the file-set check before pytest."""
+    text = (ROOT / "test.sh").read_text()
+    native = text.split("exec scripts/test-in-docker", 1)[1]
+    assert "scripts/docker_test_files.py" in native
+    assert native.index("scripts/docker_test_files.py") < native.index('pytest "$@"')
