@@ -5,7 +5,9 @@
 # deletes data. ./stop.sh stops the stack.
 #
 # FEEDSVC_START_TIMEOUT (seconds, default 600) bounds the wait for health; pulling
-# the images on a first run comes before it.
+# the images on a first run comes before it. FEEDSVC_RUN_LOG names a file that keeps
+# what Compose said (the quiet build and `up`), which is otherwise deleted on exit: the
+# CI workflow greps it for recreated containers.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -22,13 +24,21 @@ die() {
 . scripts/lib/docker-preflight.sh
 docker_preflight run.sh
 docker_engine_preflight run.sh
+# shellcheck source=scripts/lib/cluster-sql.sh
+. scripts/lib/cluster-sql.sh
 
-log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
+if [ -n "${FEEDSVC_RUN_LOG:-}" ]; then
+    log="$FEEDSVC_RUN_LOG"
+    : >"$log"
+else
+    log="$(mktemp)"
+    trap 'rm -f "$log"' EXIT
+fi
 
 # --- Pull and build -----------------------------------------------------------
-# Images the stack needs that are not on this machine yet (ours, feedsvc:local, is
-# built below). `config --images` lists every service's image.
+# Images the stack needs that are not on this machine yet (ours, one per built
+# service, <project>-<service>, are built below). `config --images` lists every
+# service's image.
 missing=()
 while IFS= read -r image; do
     [ -n "$image" ] || continue
@@ -39,14 +49,14 @@ done < <(docker compose config --images)
 # runs (every image there) build quietly into the log, which is shown on failure.
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "Pulling images and building feedsvc (first run: a few minutes)..."
-    # --ignore-buildable (Compose 2.15+, older than the 2.20 we require): feedsvc:local
-    # is built here, not pulled. https://github.com/docker/compose/pull/10134
+    # --ignore-buildable (Compose 2.15+, older than the 2.20 we require): our images
+    # are built here, not pulled. https://github.com/docker/compose/pull/10134
     docker compose pull --ignore-buildable ||
         die "pulling the images failed (output above); check the network and run ./run.sh again"
     docker compose build || die "building the image failed (output above)"
 else
     echo "Building the feedsvc image if the code changed..."
-    if ! docker compose build >"$log" 2>&1; then
+    if ! docker compose build >>"$log" 2>&1; then
         tail -n 40 "$log" >&2
         die "building the image failed (output above)"
     fi
@@ -94,7 +104,7 @@ report_failure() {
 }
 
 echo "Starting the stack and waiting until it is healthy (up to ${timeout_s}s)..."
-if ! docker compose up --detach --wait --wait-timeout "$timeout_s" --quiet-pull >"$log" 2>&1; then
+if ! docker compose up --detach --wait --wait-timeout "$timeout_s" --quiet-pull >>"$log" 2>&1; then
     report_failure
     exit 1
 fi
@@ -115,7 +125,12 @@ bot="$(address bot 8001)"
 # https://www.cockroachlabs.com/docs/v25.4/licensing-faqs#throttling
 # cockroach/init-cluster.sh records when it initialized the cluster (in
 # feedsvc.cluster_init); prints nothing when a licence is set.
-sql() { docker compose exec -T roach1 cockroach sql --insecure --format=tsv -e "$1" 2>/dev/null | tail -n +2; }
+# Through any node that is up (scripts/lib/cluster-sql.sh), not roach1 alone.
+sql() {
+    local answer
+    answer="$(cluster_sql "$1")" || return 1
+    printf '%s\n' "$answer" | tail -n +2
+}
 licence_notice() {
     local key until
     key="$(sql "SHOW CLUSTER SETTING enterprise.license")" || return 0

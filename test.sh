@@ -27,5 +27,8 @@ if [ -x scripts/check-static ]; then
     scripts/check-static
 fi
 
+step "the test image's file set: tests/unit and tests/static without .git (FEEDSVC_TEST_BACKEND=cockroach)"
+uv run --frozen python scripts/docker_test_files.py -q
+
 step "pytest"
 uv run --frozen pytest "$@"

@@ -24,10 +24,30 @@ def rfc3339nano(value: datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%S") + (f".{fraction}" if fraction else "") + "Z"
 
 
-def hlc(value: datetime) -> str:
-    """An HLC timestamp string: wall-clock nanoseconds, a dot, a 10-digit logical counter."""
+def hlc(value: datetime, *, strict: bool = False) -> str:
+    """An HLC timestamp string: wall-clock nanoseconds, a dot, a 10-digit logical counter.
+
+    Note: the stand-in's commit clock counts microseconds. Kind (the default): the wall is
+    those microseconds in nanoseconds, the counter 0. Strict, as CockroachDB's: the wall
+    is 500 to 999 ns below them and the counter 1 to 7, both derived from the stamp (one
+    transaction, one HLC); every order against other stamps and the history's snapshot
+    time (`micros * 1000`, logical 0) stays what it was.
+    https://www.cockroachlabs.com/docs/v25.4/changefeed-messages#responses
+    """
     micros = (value - _EPOCH) // timedelta(microseconds=1)
-    return f"{micros * 1000}.0000000000"
+    if not strict:
+        return f"{micros * 1000}.0000000000"
+    return f"{micros * 1000 - 500 - micros * 7919 % 500}.{1 + micros % 7:010d}"
+
+
+def resolved_hlc(value: datetime, *, strict: bool = False) -> str:
+    """A resolved record's HLC for the commit clock's `value`: every row stamped at or
+    before it is at or below it, every later one above (strict: 1 to 499 ns below the
+    microsecond, above every strict row of it, with a counter of 1 to 3)."""
+    micros = (value - _EPOCH) // timedelta(microseconds=1)
+    if not strict:
+        return f"{micros * 1000}.0000000000"
+    return f"{micros * 1000 - 1 - micros % 499}.{1 + micros % 3:010d}"
 
 
 def record_key(message_id: uuid.UUID) -> bytes:
@@ -36,23 +56,30 @@ def record_key(message_id: uuid.UUID) -> bytes:
 
 
 def row_value(
-    message_id: uuid.UUID, author: str, text: str, created_at: datetime, updated: datetime
+    message_id: uuid.UUID,
+    author: str,
+    text: str,
+    created_at: datetime,
+    updated: datetime,
+    *,
+    strict: bool = False,
 ) -> bytes:
-    """The wrapped envelope of an insert or update."""
+    """The wrapped envelope of an insert or update (`strict`: CockroachDB's HLCs, `hlc`)."""
     after = {
         "author": author,
         "created_at": rfc3339nano(created_at),
         "id": str(message_id),
         "text": text,
     }
-    return json.dumps({"after": after, "updated": hlc(updated)}, sort_keys=True).encode()
+    value = {"after": after, "updated": hlc(updated, strict=strict)}
+    return json.dumps(value, sort_keys=True).encode()
 
 
-def delete_value(updated: datetime) -> bytes:
+def delete_value(updated: datetime, *, strict: bool = False) -> bytes:
     """The wrapped envelope of a delete."""
-    return json.dumps({"after": None, "updated": hlc(updated)}).encode()
+    return json.dumps({"after": None, "updated": hlc(updated, strict=strict)}).encode()
 
 
-def resolved_value(resolved: datetime) -> bytes:
+def resolved_value(resolved: datetime, *, strict: bool = False) -> bytes:
     """A resolved record's value."""
-    return json.dumps({"resolved": hlc(resolved)}).encode()
+    return json.dumps({"resolved": resolved_hlc(resolved, strict=strict)}).encode()

@@ -37,9 +37,25 @@ number, e.g. 50,000) are sent again before anything else, and no resolved record
 until they are; the next resolved is above every earlier one, as a restarted job resumes
 from its checkpoint and emits resolved timestamps only as its high-water mark advances.
 
+Kind or strict: by default the stand-in is kinder than CockroachDB in three ways, each
+a knob; the e2e tests run it strict (tests/e2e/conftest.py, README "What is proven where"):
+- `updated` and `resolved` HLCs: microsecond walls with logical 0, where CockroachDB's
+  have nanosecond walls and logical counters above 0 (STANDIN_HLC=cockroach);
+- resolved records about 1 s behind the commits, where CockroachDB's trail by its closed
+  timestamp target, `kv.closed_timestamp.target_duration`, 3 s by default
+  (STANDIN_RESOLVED_LAG_S=3;
+  https://www.cockroachlabs.com/docs/v25.4/cluster-settings#setting-kv-closed-timestamp-target-duration);
+- a restart's repeats in the order they were first sent, where CockroachDB's catch-up
+  emits ranges side by side: each key's records in order, the repeat of a key before
+  its newer records, keys interleaved (STANDIN_RESTART_ORDER=cockroach;
+  https://www.cockroachlabs.com/docs/v25.4/changefeed-messages#ordering-and-delivery-guarantees).
+
 Environment: FEED_DATABASE_URL, FEED_KAFKA_BOOTSTRAP (see feedsvc/config.py), and
     STANDIN_POLL_S            fallback poll interval; NOTIFY wakes it sooner (1.0)
     STANDIN_RESOLVED_S        seconds between resolved records (1.0)
+    STANDIN_RESOLVED_LAG_S    seconds a resolved record trails the commits it covers (0)
+    STANDIN_HLC               micros (kind, the default) or cockroach (strict)
+    STANDIN_RESTART_ORDER     sent (kind, the default) or cockroach (strict)
     STANDIN_DUPLICATE_EVERY   after every N rows, send an earlier row again (0: never)
     STANDIN_DUPLICATE_BURST   rows SIGUSR1 sends again, as a changefeed restart would (20;
                               the stand-in keeps that many recent rows in memory)
@@ -75,6 +91,8 @@ from feedsvc.kafka import start_with_retry
 
 TOPIC = "messages.committed"
 BATCH = 1000
+RESTARTS = ("sent", "cockroach")
+"""STANDIN_RESTART_ORDER's choices: the repeats as first sent, or as CockroachDB orders them."""
 
 log = logging.getLogger("changefeed-standin")
 
@@ -87,9 +105,24 @@ class Options:
     bootstrap: str
     poll_s: float = 1.0
     resolved_s: float = 1.0
+    resolved_lag_s: float = 0.0
+    hlc: str = "micros"
+    restart_order: str = "sent"
     duplicate_every: int = 0
     duplicate_burst: int = 20
     topic: str = TOPIC
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("hlc", ("micros", "cockroach")), ("restart_order", RESTARTS)):
+            if getattr(self, name) not in allowed:
+                raise SystemExit(
+                    f"STANDIN_{name.upper()}={getattr(self, name)!r} is not one of {allowed}"
+                )
+
+    @property
+    def strict_hlc(self) -> bool:
+        """Whether HLCs have CockroachDB's nanosecond walls and logical counters."""
+        return self.hlc == "cockroach"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Options:
@@ -99,6 +132,9 @@ class Options:
         kinds: tuple[tuple[str, type[float | int | str]], ...] = (
             ("poll_s", float),
             ("resolved_s", float),
+            ("resolved_lag_s", float),
+            ("hlc", str),
+            ("restart_order", str),
             ("duplicate_every", int),
             ("duplicate_burst", int),
             ("topic", str),
@@ -128,6 +164,10 @@ class Standin:
         self._last_resolved: datetime | None = None
         self._pending: datetime | None = None
         self._next_resolved = 0.0
+        # Commit-clock values every row at or below which is in Kafka, with when they
+        # were; each is resolved once it is STANDIN_RESOLVED_LAG_S old.
+        self._closed: deque[tuple[float, datetime]] = deque()
+        self._random = random.Random()
         self.rows_sent = 0
 
     def request_duplicates(self) -> None:
@@ -183,7 +223,10 @@ class Standin:
             full = await self.round(conn, producer)
             if full:
                 continue  # a full batch: more is waiting
-            timeout = min(self.options.poll_s, max(0.0, self._next_resolved - time.monotonic()))
+            due = self._next_resolved
+            if self._closed:
+                due = min(due, self._closed[0][0] + self.options.resolved_lag_s)
+            timeout = min(self.options.poll_s, max(0.0, due - time.monotonic()))
             waits = [
                 asyncio.create_task(self.wake.wait()),
                 asyncio.create_task(self.stopping.wait()),
@@ -199,28 +242,34 @@ class Standin:
             resolved = await tick(conn)  # before the read: every row stamped <= it is visible
         cur = await conn.execute(READ_OUTBOX, (BATCH,))
         rows = await cur.fetchall()
-        sends = []
+        strict = self.options.strict_hlc
+        repeats = list(self._recent)[-self._burst :] if self._burst else []
+        outgoing: list[tuple[bytes, bytes]] = []
         for _seq, message_id, op, author, text, created_at, at in rows:
             key = record_key(message_id)
             value = (
-                delete_value(at)
+                delete_value(at, strict=strict)
                 if op == "d"
-                else row_value(message_id, author, text, created_at, at)
+                else row_value(message_id, author, text, created_at, at, strict=strict)
             )
-            sends.append(await producer.send(self.options.topic, value=value, key=key))
+            outgoing.append((key, value))
             self._recent.append((key, value))
             self._since_duplicate += 1
             every = self.options.duplicate_every
             if every and self._since_duplicate >= every:
                 # An earlier row again, as the changefeed does after a restart.
                 self._since_duplicate = 0
-                dup_key, dup_value = random.choice(self._recent)
-                sends.append(await producer.send(self.options.topic, value=dup_value, key=dup_key))
-        if self._burst:
+                outgoing.append(self._random.choice(self._recent))
+        if repeats:
             # A restart: the recent rows again, all before the next resolved record.
-            for key, value in list(self._recent)[-self._burst :]:
-                sends.append(await producer.send(self.options.topic, value=value, key=key))
+            if self.options.restart_order == "cockroach":
+                outgoing = interleave_by_key(repeats, outgoing, self._random)
+            else:
+                outgoing += repeats
             self._burst = 0
+        sends = [
+            await producer.send(self.options.topic, value=value, key=key) for key, value in outgoing
+        ]
         if sends:
             await asyncio.gather(*sends)  # acks=all: the rows are in Kafka
             await conn.execute(
@@ -231,22 +280,48 @@ class Standin:
         # Every row stamped at or before `resolved` was visible to the read: once none is
         # left unread (the batch was not full), they are all in Kafka.
         self._pending = resolved if full else None
+        now = time.monotonic()
         if resolved is not None and not full:
-            await self._resolve(producer, resolved)
+            self._closed.append((now, resolved))
+            self._next_resolved = now + self.options.resolved_s
+        due = None
+        while self._closed and self._closed[0][0] + self.options.resolved_lag_s <= now:
+            due = self._closed.popleft()[1]
+        if due is not None:
+            await self._resolve(producer, due)
         return full
 
     async def _resolve(self, producer: AIOKafkaProducer, resolved: datetime) -> None:
         if self._last_resolved is not None and resolved <= self._last_resolved:
             return
         partitions = sorted(await producer.partitions_for(self.options.topic) or {0})
-        value = resolved_value(resolved)
+        value = resolved_value(resolved, strict=self.options.strict_hlc)
         sent = [
             await producer.send(self.options.topic, value=value, key=None, partition=p)
             for p in partitions
         ]
         await asyncio.gather(*sent)
         self._last_resolved = resolved
-        self._next_resolved = time.monotonic() + self.options.resolved_s
+
+
+def interleave_by_key(
+    repeats: list[tuple[bytes, bytes]], fresh: list[tuple[bytes, bytes]], rng: random.Random
+) -> list[tuple[bytes, bytes]]:
+    """`repeats` then `fresh` as a restarted changefeed emits them: each key's records in
+    their order (its repeats before its newer records), the keys interleaved at random."""
+    queues: dict[bytes, deque[tuple[bytes, bytes]]] = {}
+    for key, value in (*repeats, *fresh):
+        queues.setdefault(key, deque()).append((key, value))
+    keys = list(queues)
+    out: list[tuple[bytes, bytes]] = []
+    while keys:
+        index = rng.randrange(len(keys))
+        queue = queues[keys[index]]
+        out.append(queue.popleft())
+        if not queue:
+            keys[index] = keys[-1]
+            keys.pop()
+    return out
 
 
 async def _sleep_unless(stopping: asyncio.Event, seconds: float) -> bool:

@@ -189,9 +189,12 @@ class ChangefeedJob(msgspec.Struct, frozen=True):
 # (https://www.cockroachlabs.com/docs/v25.4/create-changefeed#on-error). A paused job keeps
 # its protected timestamp for `changefeed.protect_timestamp.max_age` (4 days by default),
 # after which it fails (https://www.cockroachlabs.com/docs/v25.4/protect-changefeed-data).
+# `virtual_columns = 'omitted'`: the hash-sharded index adds a virtual column, which the
+# records leave out either way; said explicitly, CREATE CHANGEFEED does not warn about it
+# (https://www.cockroachlabs.com/docs/v25.4/create-changefeed#virtual-columns).
 _CHANGEFEED_OPTIONS = (
     "updated, resolved = '1s', min_checkpoint_frequency = '1s', initial_scan = 'no', "
-    "on_error = 'pause'"
+    "on_error = 'pause', virtual_columns = 'omitted'"
 )
 # Statuses after which a job never emits again; every other one (`retry-running`,
 # `cancel-requested`, `reverting`, ... and any status a later release adds) is a job that

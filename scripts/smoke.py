@@ -3,11 +3,14 @@
     python3 scripts/smoke.py check BASE_URL
         POST one message; see it on /feed and in GET /messages; print `ID=<id>`.
     python3 scripts/smoke.py flow BASE_URL --seconds 60 [--rate 5] [--allow 503]
-            [--require 503] [--bound 10] [--ids-file FILE]
+            [--require 503] [--bound 10] [--feed-bound 60] [--no-reset] [--ids-file FILE]
         POST at a steady rate while a /feed subscriber watches, then check that every
         202-accepted message is stored (GET /messages/{id}) and reached the feed. Any
         answer other than 202 fails the run unless it is `--allow`ed; an allowed one must
         still come within `--bound` seconds, and each `--require`d status must be seen.
+        `--feed-bound` fails the run when a message reached the feed more than that many
+        seconds after its 202 (the feed stalled); `--no-reset` when the feed sent a
+        `reset` (a gap).
 
 The same commands run against the native stack (`scripts/local-stack up` prints the
 URL) and, in .github/workflows/docker.yml, against `./run.sh`'s stack during the node
@@ -64,7 +67,8 @@ class FeedWatcher(threading.Thread):
     def __init__(self, base: str) -> None:
         super().__init__(daemon=True)
         self.base = base
-        self.seen: set[str] = set()
+        # Each message id, with when (time.monotonic()) it first came.
+        self.seen: dict[str, float] = {}
         self.events: Counter[str] = Counter()
         self.connected = threading.Event()
         self.lock = threading.Lock()
@@ -94,7 +98,7 @@ class FeedWatcher(threading.Thread):
                     with self.lock:
                         self.events[event] += 1
                         if event == "message":
-                            self.seen.add(json.loads(data)["id"])
+                            self.seen.setdefault(json.loads(data)["id"], time.monotonic())
                     if event == "reset":
                         last_id = None
                     elif eid:
@@ -111,7 +115,21 @@ class FeedWatcher(threading.Thread):
     def has(self, ids: set[str]) -> set[str]:
         """The ids of `ids` not seen yet."""
         with self.lock:
-            return ids - self.seen
+            return ids - self.seen.keys()
+
+    def arrivals(self) -> dict[str, float]:
+        """When each message id first came."""
+        with self.lock:
+            return dict(self.seen)
+
+
+def stalled(accepted: dict[str, float], arrived: dict[str, float], bound: float) -> list[str]:
+    """Each accepted message that reached the feed more than `bound` seconds after its 202."""
+    return [
+        f"{mid} reached the feed {arrived[mid] - at:.1f} s after its 202"
+        for mid, at in sorted(accepted.items(), key=lambda item: item[1])
+        if mid in arrived and arrived[mid] - at > bound
+    ]
 
 
 def wait_for(what: str, missing: Any, timeout: float = FEED_TIMEOUT_S) -> set[str]:
@@ -164,7 +182,7 @@ def flow(args: argparse.Namespace) -> int:
         print("FAIL: /feed did not answer within 30 s")
         return 1
     statuses: Counter[int] = Counter()
-    accepted: set[str] = set()
+    accepted_at: dict[str, float] = {}
     failures: list[str] = []
     start = time.monotonic()
     n = 0
@@ -174,7 +192,7 @@ def flow(args: argparse.Namespace) -> int:
         took = time.monotonic() - sent
         statuses[status] += 1
         if status == 202:
-            accepted.add(str(body["id"]))
+            accepted_at[str(body["id"])] = time.monotonic()
         elif status not in allowed:
             failures.append(f"POST {n} answered {status} after {took:.1f} s: {body}")
         elif took > args.bound:
@@ -182,6 +200,7 @@ def flow(args: argparse.Namespace) -> int:
         n += 1
         time.sleep(max(0.0, 1 / args.rate - (time.monotonic() - sent)))
     print(f"posted {n}: {dict(statuses)}", flush=True)
+    accepted = set(accepted_at)
     for status in required - set(statuses):
         failures.append(f"no POST answered {status}")
     if args.ids_file:
@@ -192,6 +211,11 @@ def flow(args: argparse.Namespace) -> int:
     if wait_for("on /feed", lambda: watcher.has(accepted)):
         failures.append("accepted messages never reached the feed")
     print(f"feed events: {dict(watcher.events)}")
+    if args.feed_bound is not None:
+        late = stalled(accepted_at, watcher.arrivals(), args.feed_bound)
+        failures += late[:10] + ([f"... {len(late) - 10} more late"] if len(late) > 10 else [])
+    if args.no_reset and watcher.events["reset"]:
+        failures.append(f"the feed sent {watcher.events['reset']} reset event(s): a gap")
     for failure in failures:
         print(f"FAIL: {failure}")
     return 1 if failures else 0
@@ -209,6 +233,8 @@ def main(argv: list[str]) -> int:
     many.add_argument("--allow", type=int, action="append", default=[], help="status allowed")
     many.add_argument("--require", type=int, action="append", default=[], help="must be seen")
     many.add_argument("--bound", type=float, default=10.0, help="max seconds for an allowed one")
+    many.add_argument("--feed-bound", type=float, help="max seconds from a 202 to the feed")
+    many.add_argument("--no-reset", action="store_true", help="a `reset` event fails the run")
     many.add_argument("--ids-file", help="write the accepted ids here, one a line")
     args = parser.parse_args(argv)
     args.base_url = args.base_url.rstrip("/")

@@ -41,6 +41,12 @@ FAST = {
     # The changefeed is at-least-once: the stand-in repeats a row now and then, so every
     # feed test also checks that repeats never reach a client.
     "STANDIN_DUPLICATE_EVERY": "5",
+    # The stand-in as strict as CockroachDB (devstack/standin.py): nanosecond walls and
+    # logical counters in `updated`, resolved records 3 s behind (the default
+    # kv.closed_timestamp.target_duration), a restart's repeats in CockroachDB's order.
+    "STANDIN_HLC": "cockroach",
+    "STANDIN_RESOLVED_LAG_S": "3",
+    "STANDIN_RESTART_ORDER": "cockroach",
 }
 
 # Where the cockroach backend's services are, as compose.yaml's `tests` service says.

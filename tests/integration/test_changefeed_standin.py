@@ -41,6 +41,14 @@ SCHEMA = """
 
 Records = list[ConsumerRecord[bytes, bytes]]
 
+# The stand-in as strict as CockroachDB (devstack/standin.py): nanosecond walls and
+# logical counters, resolved records 3 s behind, a restart's repeats in CockroachDB's order.
+STRICT = {
+    "STANDIN_HLC": "cockroach",
+    "STANDIN_RESOLVED_LAG_S": "3",
+    "STANDIN_RESTART_ORDER": "cockroach",
+}
+
 
 class Feed:
     """One database with `messages`, one topic, and a stand-in process between them."""
@@ -94,7 +102,7 @@ class Feed:
 
 @pytest.fixture(scope="module")
 def feed(root: Path, postgres: Postgres, kafka: KafkaBroker) -> Iterator[Feed]:
-    f = Feed(root, postgres, kafka)
+    f = Feed(root, postgres, kafka, **STRICT)
     f.start()
     yield f
     f.stop()
@@ -253,6 +261,45 @@ def _hlc_key(hlc: str) -> tuple[int, int]:
         return (-1, -1)
     wall, logical = hlc.split(".")
     return int(wall), int(logical)
+
+
+def test_strict_updated_has_nanosecond_walls_and_logical_counters(feed: Feed) -> None:
+    """Strict, every `updated` has a wall that is no whole microsecond and a counter above 0."""
+    rows = [_message(3 + n) for n in range(5)]
+    _insert(feed.url, rows)
+    ids = {row[0] for row in rows}
+    records = feed.read(_has_all(ids))
+    mine = [json.loads(r.value)["updated"] for r in records if r.key is not None]
+    assert mine
+    for updated in mine:
+        wall, logical = updated.split(".")
+        assert HLC.match(updated) and int(wall) % 1000 != 0 and int(logical) > 0, updated
+
+
+def test_strict_resolved_trails_its_rows_by_the_lag(feed: Feed) -> None:
+    """Strict, the first resolved record covering a row comes about 3 s after the row."""
+    row = _message(4)
+    _insert(feed.url, [row])
+    key = f'["{row[0]}"]'.encode()
+
+    def covered(records: Records) -> bool:
+        found = [r for r in records if r.key == key]
+        if not found:
+            return False
+        updated = hlc_value(json.loads(found[0].value)["updated"])
+        return any(
+            r.key is None and hlc_value(json.loads(r.value)["resolved"]) >= updated for r in records
+        )
+
+    records = feed.read(covered)
+    sent = next(r for r in records if r.key == key)
+    updated = hlc_value(json.loads(sent.value)["updated"])
+    first = next(
+        r
+        for r in records
+        if r.key is None and hlc_value(json.loads(r.value)["resolved"]) >= updated
+    )
+    assert first.timestamp - sent.timestamp >= 2500, (sent.timestamp, first.timestamp)
 
 
 def test_delete_is_after_null(feed: Feed) -> None:

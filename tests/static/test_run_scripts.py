@@ -34,13 +34,14 @@ case "$*" in
   "version --format {{.Server.Version}}") echo "${FAKE_ENGINE:-27.3.1}" ;;
   "compose version --short") echo "$FAKE_COMPOSE_VERSION" ;;
   "compose config --images")
-    printf '%s\n' cockroachdb/cockroach:v25.4.14 apache/kafka:4.1.1 feedsvc:local ;;
+    printf '%s\n' cockroachdb/cockroach:v25.4.14 apache/kafka:4.1.1 feedsvc-api ;;
   image\ inspect*)
     case " $FAKE_MISSING_IMAGES " in *" ${*: -1} "*) exit 1 ;; esac ;;
   "compose pull --ignore-buildable") echo "pulling with progress" ;;
   "compose build") echo "building with progress" ;;
   compose\ up*)
-    if [ -n "$FAKE_UP_ERROR" ]; then echo "$FAKE_UP_ERROR" >&2; exit 1; fi ;;
+    if [ -n "$FAKE_UP_ERROR" ]; then echo "$FAKE_UP_ERROR" >&2; exit 1; fi
+    echo "Container feedsvc-api-1  Running" ;;
   "compose ps --all --quiet") printf '%s\n' c1 c2 c3 c4 c5 c6 ;;
   inspect\ --format*)
     [ "${*: -6}" = "c1 c2 c3 c4 c5 c6" ] || exit 4
@@ -48,8 +49,9 @@ case "$*" in
       'setup|exited||1' 'writer|restarting|unhealthy|1' 'writer|restarting|unhealthy|1' ;;
   "compose config --services")
     printf '%s\n' roach1 roach-init kafka setup writer api ;;
-  compose\ exec\ -T\ roach1\ cockroach\ sql\ --insecure\ --format=tsv\ -e*)
+  compose\ exec\ -T\ roach[123]\ cockroach\ sql\ --insecure\ --format=tsv\ -e*)
     [ -z "$FAKE_SQL_DOWN" ] || exit 1
+    case " $FAKE_DOWN_NODES " in *" $4 "*) exit 1 ;; esac
     case "$*" in
       *"SHOW CLUSTER SETTING enterprise.license"*)
         printf 'enterprise.license\n%s\n' "$FAKE_LICENSE" ;;
@@ -72,12 +74,13 @@ def run(
     *args: str,
     version: str = "2.29.1",
     up_error: str = "",
+    env_extra: dict[str, str] | None = None,
     **knobs: str,
 ) -> tuple[subprocess.CompletedProcess[str], list[str]]:
     """Run a script with the fake docker first on PATH; returns its result and the calls.
 
     `knobs` sets the fake's other knobs: no_compose, missing_images, license, sql_down,
-    init_unknown (each FAKE_<NAME>).
+    down_nodes, init_unknown (each FAKE_<NAME>).
     """
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
@@ -93,6 +96,7 @@ def run(
         "FAKE_COMPOSE_VERSION": version,
         "FAKE_UP_ERROR": up_error,
         **{f"FAKE_{name.upper()}": value for name, value in knobs.items()},
+        **(env_extra or {}),
     }
     done = subprocess.run(
         [str(ROOT / script), *args],
@@ -218,6 +222,14 @@ def test_later_runs_build_quietly(tmp_path: Path) -> None:
     assert "building with progress" not in done.stdout
 
 
+def test_run_keeps_what_compose_said_in_feedsvc_run_log(tmp_path: Path) -> None:
+    """FEEDSVC_RUN_LOG keeps `up`'s output, which the workflow's re-run step greps."""
+    log = tmp_path / "compose.log"
+    done, _ = run(tmp_path, "run.sh", env_extra={"FEEDSVC_RUN_LOG": str(log)})
+    assert done.returncode == 0, done.stderr
+    assert "Container feedsvc-api-1  Running" in log.read_text()
+
+
 def test_run_prints_when_the_licence_grace_period_ends(tmp_path: Path) -> None:
     """Without a licence, run.sh names the date throttling starts (init + 7 days)."""
     done, _ = run(tmp_path, "run.sh", license="")
@@ -238,6 +250,14 @@ def test_licence_notice_without_a_recorded_init_time(tmp_path: Path) -> None:
     done, _ = run(tmp_path, "run.sh", license="", init_unknown="1")
     assert done.returncode == 0, done.stderr
     assert "7 days after this cluster was initialized" in done.stdout
+
+
+def test_licence_notice_asks_another_node_when_roach1_is_down(tmp_path: Path) -> None:
+    """With roach1 stopped, run.sh's SQL goes through roach2 and the notice keeps its date."""
+    done, calls = run(tmp_path, "run.sh", license="", down_nodes="roach1")
+    assert done.returncode == 0, done.stderr
+    assert "grace period ends 2026-12-05 07:40:54 UTC" in done.stdout
+    assert any(call.startswith("compose exec -T roach2 cockroach sql") for call in calls)
 
 
 def test_licence_check_failing_does_not_fail_run(tmp_path: Path) -> None:

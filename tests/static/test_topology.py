@@ -7,10 +7,12 @@ are resolved exactly as `docker compose up` resolves them.
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import re
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -244,13 +246,18 @@ def test_test_mode_publishes_no_fixed_port(load: Any) -> None:
 
 
 def test_every_image_is_pinned_to_an_exact_version(load: Any) -> None:
-    """External images name an exact release; ours are built locally and never `latest`."""
+    """External images name an exact release."""
     for name, service in load(profile="test")["services"].items():
-        image = service["image"]
-        if "build" in service:
-            assert ":" in image and not image.endswith(":latest"), name
-        else:
-            assert PINNED.match(image), (name, image)
+        if "build" not in service:
+            assert PINNED.match(service["image"]), (name, service["image"])
+
+
+def test_built_services_name_no_image(load: Any) -> None:
+    """Each built service gets compose's own <project>-<service> image, never a shared tag."""
+    built = {n: s for n, s in load(profile="test")["services"].items() if "build" in s}
+    assert {"setup", "api", "writer", "bot", "tests"} <= set(built)
+    for name, service in built.items():
+        assert "image" not in service, (name, service["image"])
 
 
 def test_dockerfile_bases_are_pinned_and_runtime_is_not_root() -> None:
@@ -288,13 +295,21 @@ def test_processes_get_only_settings_they_know(load: Any) -> None:
             assert passed <= known, (name, passed - known)
 
 
-def test_app_reaches_every_node(services: dict[str, Any]) -> None:
-    """api and writer list all three nodes, so losing one does not stop them."""
-    for name in ("api", "writer"):
-        url = services[name]["environment"]["FEED_DATABASE_URL"]
-        params = psycopg.conninfo.conninfo_to_dict(url)
-        assert str(params["host"]).split(",") == list(ROACHES), name
-        assert params["dbname"] == "feedsvc"
+@pytest.mark.parametrize(
+    ("service", "variable"),
+    [
+        ("api", "FEED_DATABASE_URL"),
+        ("writer", "FEED_DATABASE_URL"),
+        ("setup", "FEED_DATABASE_URL"),
+        ("tests", "FEEDSVC_TEST_DATABASE_URL"),
+    ],
+)
+def test_app_reaches_every_node(load: Any, service: str, variable: str) -> None:
+    """Every client of the cluster lists all three nodes, so losing one does not stop it."""
+    url = load(profile="test")["services"][service]["environment"][variable]
+    params = psycopg.conninfo.conninfo_to_dict(url)
+    assert str(params["host"]).split(",") == list(ROACHES)
+    assert params["dbname"] == "feedsvc"
 
 
 def test_env_example_names_only_variables_compose_reads(load: Any) -> None:
@@ -406,7 +421,7 @@ def test_nodes_start_without_a_ballast_file_in_their_data_volume(services: dict[
 def test_every_image_volume_is_a_named_volume(load: Any) -> None:
     """Each VOLUME an image declares is mounted from a named volume, so none is anonymous."""
     for name, service in load(profile="test")["services"].items():
-        repository = service["image"].rsplit(":", 1)[0]
+        repository = service.get("image", "").rsplit(":", 1)[0]
         mounted = {v["target"]: v for v in service.get("volumes", [])}
         for path in IMAGE_VOLUMES.get(repository, ()):
             assert path in mounted, (name, path)
@@ -450,3 +465,55 @@ def test_readme_memory_table_matches_the_limits(services: dict[str, Any]) -> Non
         number, unit = text.split()
         expected = float(number) * (1024**3 if unit == "GiB" else 1024**2)
         assert int(services[name]["mem_limit"]) == expected, name
+
+
+# --- The first real Docker run (issue 19): node memory, the node health probe ---
+
+# The least memory a node is given: v25.4 puts its minimum above 1 GiB and calls 2 GiB
+# per vCPU a testing size. https://www.cockroachlabs.com/docs/v25.4/recommended-production-settings#memory
+NODE_MEMORY = 2 * 1024**3
+
+
+def test_each_node_gets_at_least_2_gib(load: Any) -> None:
+    """A CockroachDB node's limit is at least the 2 GiB v25.4 allows for testing."""
+    for config in configs(load):
+        for name in ROACHES:
+            assert int(config["services"][name]["mem_limit"]) >= NODE_MEMORY, name
+
+
+class _Ready(http.server.BaseHTTPRequestHandler):
+    """Answers like a node's HTTP port: `status` for /health?ready=1, 404 otherwise."""
+
+    status = 200
+
+    def do_GET(self) -> None:
+        self.send_response(self.status if self.path == "/health?ready=1" else 404)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+
+def _probe(services: dict[str, Any], status: int) -> int:
+    """Run roach1's health check in bash against a server answering `status`."""
+    test = services["roach1"]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "bash", "-c"], test
+    handler = type("Handler", (_Ready,), {"status": status})
+    with http.server.HTTPServer(("127.0.0.1", 0), handler) as server:
+        port = server.server_address[1]
+        script = test[3].replace("$$", "$").replace("/127.0.0.1/8080", f"/127.0.0.1/{port}")
+        thread = threading.Thread(target=server.handle_request, daemon=True)
+        thread.start()
+        done = subprocess.run(["bash", "-c", script], timeout=30, check=False)
+        thread.join(timeout=10)
+    return done.returncode
+
+
+def test_node_health_probe_passes_when_the_node_is_ready(services: dict[str, Any]) -> None:
+    """The node's check asks GET /health?ready=1 over bash's /dev/tcp and passes on 200."""
+    assert _probe(services, 200) == 0
+
+
+def test_node_health_probe_fails_when_the_node_is_not_ready(services: dict[str, Any]) -> None:
+    """A 503 from /health?ready=1 (not initialized, draining) fails the check."""
+    assert _probe(services, 503) != 0

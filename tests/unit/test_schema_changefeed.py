@@ -11,6 +11,7 @@ from feedsvc.schema import (
     DEFAULT_GC_TTL_S,
     ChangefeedJob,
     ensure_changefeed,
+    find_changefeed,
     job_state,
     parse_gc_ttl,
     plan_changefeed,
@@ -116,6 +117,50 @@ def test_gc_ttl_is_read_from_the_zone_configuration() -> None:
     assert parse_gc_ttl("something else") == DEFAULT_GC_TTL_S
 
 
+# SHOW ZONE CONFIGURATION's documented row (target, raw_config_sql), verbatim:
+# https://www.cockroachlabs.com/docs/v25.4/show-zone-configurations
+DOCUMENTED_ZONE = (
+    "DATABASE movr",
+    "ALTER DATABASE movr CONFIGURE ZONE USING\n"
+    "    range_min_bytes = 134217728,\n"
+    "    range_max_bytes = 536870912,\n"
+    "    gc.ttlseconds = 90000,\n"
+    "    num_replicas = 5,\n"
+    "    num_voters = 3,\n"
+    "    constraints = '{+region=europe-west1: 1, +region=us-east1: 1, +region=us-west1: 1}',\n"
+    "    voter_constraints = '[+region=us-east1]',\n"
+    "    lease_preferences = '[[+region=us-east1]]'",
+)
+# SHOW CHANGEFEED JOB's documented row: job_id, status and high_water_timestamp, the
+# columns setup reads. https://www.cockroachlabs.com/docs/v25.4/show-jobs#show-changefeed-jobs
+DOCUMENTED_JOB = (1053639803034894337, "running", "1741616141951323000.0000000000")
+
+
+def test_the_documented_zone_configuration_row_gives_its_gc_ttl() -> None:
+    """The documented multi-line raw_config_sql yields its gc.ttlseconds, 90000."""
+    assert parse_gc_ttl(DOCUMENTED_ZONE[1]) == 90_000
+
+
+def test_the_documented_changefeed_job_row_is_read_as_a_live_job() -> None:
+    """The documented SHOW CHANGEFEED JOB row becomes a running job that setup keeps."""
+    conn = FakeConn(None, rows=True)
+    conn.documented_job = DOCUMENTED_JOB
+    found = find_changefeed(conn, "kafka://kafka:9092?topic_name=messages.committed")  # type: ignore[arg-type]
+    assert found == ChangefeedJob(*DOCUMENTED_JOB)
+    plan = plan_changefeed(found, table_has_rows=True, now_hlc=NOW, gc_ttl_s=TTL)
+    assert plan.action == "keep"
+
+
+def test_the_documented_high_water_mark_is_a_cursor_of_its_age() -> None:
+    """A failed job with the documented high-water mark, 60 s old, restarts from it verbatim."""
+    high_water = DOCUMENTED_JOB[2]
+    now = f"{1741616141951323000 + 60 * 10**9}.0000000000"
+    plan = plan_changefeed(
+        job("failed", high_water), table_has_rows=True, now_hlc=now, gc_ttl_s=TTL
+    )
+    assert (plan.action, plan.cursor, plan.gap) == ("create", high_water, False)
+
+
 def test_restart_marker_reads_as_a_gap() -> None:
     """The marker is no changefeed record: the relay decodes it as a gap with its reason."""
     marker = FeedRestart(reason="test", previous_job=1, previous_high_water=None, at=NOW)
@@ -137,6 +182,8 @@ class FakeConn:
         self.job = job
         self.rows = rows
         self.refuse_cursor = refuse_cursor
+        # A documented SHOW CHANGEFEED JOB row to answer with instead of `job`.
+        self.documented_job: tuple[object, ...] | None = None
         self.log: list[str] = []
 
     def execute(self, statement: object, params: object = None) -> FakeConn:
@@ -144,7 +191,9 @@ class FakeConn:
         text = " ".join(text.split())
         self.log.append(text)
         self.answer: tuple[object, ...] | None = None
-        if "SHOW CHANGEFEED JOBS" in text:
+        if "SHOW CHANGEFEED JOBS" in text and self.documented_job:
+            self.answer = self.documented_job
+        elif "SHOW CHANGEFEED JOBS" in text:
             j = self.job
             self.answer = None if j is None else (j.job_id, j.status, j.high_water_timestamp)
         elif "EXISTS" in text:
@@ -183,6 +232,14 @@ def test_gap_marker_is_written_before_the_fresh_changefeed() -> None:
     assert len(creates) == 1 and conn.log.index("MARKER") < creates[0]
     assert "cursor" not in conn.log[creates[0]]
     assert "on_error = 'pause'" in conn.log[creates[0]]
+
+
+def test_changefeed_omits_virtual_columns_explicitly() -> None:
+    """CREATE CHANGEFEED says `virtual_columns = 'omitted'`: the sharded index draws no warning."""
+    conn = FakeConn(None, rows=False)
+    ensure(conn)
+    creates = [s for s in conn.log if s.startswith("CREATE CHANGEFEED")]
+    assert len(creates) == 1 and "virtual_columns = 'omitted'" in creates[0]
 
 
 def test_refused_cursor_falls_back_to_a_fresh_changefeed_with_a_marker() -> None:
