@@ -64,6 +64,11 @@ class Stack:
         return f"http://127.0.0.1:{self.state['ports']['api']}"
 
     @property
+    def writer_url(self) -> str:
+        """The writer's `/metrics` and `/health/*` base URL."""
+        return f"http://127.0.0.1:{self.state['ports']['writer']}"
+
+    @property
     def database_url(self) -> str:
         """The feedsvc database, as the processes and tests connect to it."""
         return self.postgres.url("feedsvc")
@@ -82,6 +87,7 @@ class Stack:
                 "FEED_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
                 "FEED_HOST": "127.0.0.1",
                 "FEED_PORT": str(self.state["ports"]["api"]),
+                "FEED_WRITER_METRICS_PORT": str(self.state["ports"]["writer"]),
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -126,7 +132,7 @@ class Stack:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    PORTS: tuple[str, ...] = ("postgres", "kafka", "kafka_controller", "api")
+    PORTS: tuple[str, ...] = ("postgres", "kafka", "kafka_controller", "api", "writer")
     """The ports this stack listens on, chosen once and kept in state.json."""
 
     def _read_state(self) -> dict[str, int]:
@@ -307,7 +313,7 @@ class ExternalStack(Stack):
             )
         return super().service(role)
 
-    PORTS = ("api",)
+    PORTS = ("api", "writer")
 
     def _refresh(self) -> None:
         """Read state.json; there are no servers of ours to bind."""

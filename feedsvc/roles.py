@@ -114,7 +114,9 @@ async def api(settings: Settings, listen: Callable[[], socket.socket], claims: K
         progress = kafka.WriterProgress(admin_client, offsets)
         tasks.start_soon(admission.watch_backlog, progress, settings.backlog_refresh_s)
         tasks.start_soon(admission.watch_loop)
-        reader = CommittedReader(settings)
+        reader = CommittedReader(
+            settings, stored_to_published=metrics.feed.stored_to_published.observe
+        )
         fanout: Fanout = await tasks.start(reader.run)
         _feed_metrics(metrics, reader, fanout)
         tasks.start_soon(metrics.refresh_every)
@@ -213,8 +215,11 @@ async def writer(settings: Settings) -> None:
     """Store submitted messages until SIGTERM; the batch in hand is committed first."""
     stopping = anyio.Event()
     metrics = Metrics()
+    started: list[Writer] = []  # for /health/ready, which answers from the start
     async with (
-        metrics.served(settings.host, settings.writer_metrics_port),
+        metrics.served(
+            settings.host, settings.writer_metrics_port, lambda: any(w.ready for w in started)
+        ),
         open_pool(settings, "writer") as pool,
         kafka.producer(settings) as dlq,
         kafka.writer_consumer(settings) as consumer,
@@ -222,7 +227,7 @@ async def writer(settings: Settings) -> None:
     ):
         tasks.start_soon(_stop_on_signal, stopping)
         log.info("writer consuming", extra={"topic": kafka.SUBMITTED, "group": kafka.WRITER_GROUP})
-        await Writer(
+        work = Writer(
             consumer,
             MessageStore(pool),
             DeadLetters(dlq, settings.kafka_timeout_s, metrics),
@@ -230,7 +235,9 @@ async def writer(settings: Settings) -> None:
             batch=settings.writer_batch,
             linger_ms=settings.writer_linger_ms,
             kafka_timeout_s=settings.kafka_timeout_s,
-        ).run(stopping)
+        )
+        started.append(work)
+        await work.run(stopping)
         tasks.cancel_scope.cancel()
     log.info("writer stopped")
 

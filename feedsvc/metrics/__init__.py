@@ -34,12 +34,12 @@ from prometheus_client import (
     Gauge,
     generate_latest,
     multiprocess,
-    start_http_server,
     values,
 )
 from prometheus_client.metrics import disable_created_metrics
 
 from feedsvc.metrics.families import FeedMetrics, HttpMetrics, PostMetrics, WriterMetrics
+from feedsvc.metrics.port import serving
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -161,22 +161,17 @@ class Metrics:
         return generate_latest(summed)
 
     @asynccontextmanager
-    async def served(self, host: str, port: int) -> AsyncIterator[None]:
-        """Serve this process's registry at `http://host:port/metrics` meanwhile; port 0:
-        not at all.
+    async def served(
+        self, host: str, port: int, ready: Callable[[], bool] = lambda: True
+    ) -> AsyncIterator[None]:
+        """Serve `/metrics`, `/health/live` and `/health/ready` (200 while `ready()`, else
+        503) on `http://host:port` meanwhile; port 0: not at all.
 
-        Note: for a process without an HTTP server of its own (the writer). The client's
-        small threaded server answers from its own thread (any path but `/favicon.ico`);
-        values are read under the client's locks, so the event loop never waits for a
-        scrape.
+        Note: for a process without an HTTP server of its own (the writer); answered from
+        a thread (`feedsvc.metrics.port`), so the event loop never waits for a scrape.
         """
         if not port:
             yield
             return
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
-        try:
+        with serving(host, port, self.render, ready):
             yield
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join(5)
