@@ -27,5 +27,9 @@ if [ -x scripts/check-static ]; then
     scripts/check-static
 fi
 
+step "observability: promtool check config and rules, promtool test rules"
+promtool check config observability/prometheus.yml
+promtool test rules observability/alerts-test.yml
+
 step "pytest"
 uv run --frozen pytest "$@"

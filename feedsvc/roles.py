@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from types import FrameType
 
@@ -119,6 +120,7 @@ async def api(settings: Settings, listen: Callable[[], socket.socket], claims: K
         )
         fanout: Fanout = await tasks.start(reader.run)
         _feed_metrics(metrics, reader, fanout)
+        metrics.follow(metrics.posts.api_ready, lambda: _ready(admission, reader))
         tasks.start_soon(metrics.refresh_every)
         store = MessageStore(pool)
         parts = ApiParts(
@@ -209,6 +211,12 @@ def _feed_metrics(metrics: Metrics, reader: CommittedReader, fanout: Fanout) -> 
     metrics.count(feed.lag_cuts, lambda: fanout.lag_cuts)
     metrics.count(feed.replays_refused, lambda: reader.replays_refused)
     metrics.count(feed.restarts, lambda: reader.restarts)
+
+
+def _ready(admission: Admission, reader: CommittedReader) -> float:
+    """1.0 when /health/ready's Kafka and feed checks pass (http/health.py), else 0.0."""
+    fresh = time.monotonic() - admission.last_refresh < 10
+    return float(admission.kafka_reachable and fresh and reader.ready)
 
 
 async def writer(settings: Settings) -> None:

@@ -104,6 +104,13 @@ class PostMetrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
+        self.api_ready = Gauge(
+            "feedsvc_api_ready",
+            "1 while this api worker has Kafka and its feed as /health/ready wants them "
+            "(the database is pinged per probe, not here); summed over the workers.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         self.produce_seconds = Histogram(
             "feedsvc_kafka_produce_seconds",
             "From handing an accepted message to the producer to Kafka's acknowledgement "
