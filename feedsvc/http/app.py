@@ -15,6 +15,7 @@ from feedsvc.http.access import AccessLog
 from feedsvc.http.admission import Admission
 from feedsvc.http.door import PostsAtTheDoor
 from feedsvc.http.errors import exception_handlers
+from feedsvc.http.requestid import RequestIds
 from feedsvc.http.submit import Submitter
 from feedsvc.metrics import Metrics
 from feedsvc.relay.fanout import Fanout
@@ -69,7 +70,9 @@ def create_app(parts: ApiParts) -> Litestar:
         openapi_config=contract.openapi_config(render_plugins=[pages.schema_ui()]),
         # Litestar answers preflights and adds the CORS headers for allowed origins only:
         # https://docs.litestar.dev/2/usage/middleware/builtin-middleware.html#cors
-        cors_config=CORSConfig(allow_origins=origins, expose_headers=["Location", "Retry-After"])
+        cors_config=CORSConfig(
+            allow_origins=origins, expose_headers=["Location", "Retry-After", "X-Request-ID"]
+        )
         if origins
         else None,
         debug=False,
@@ -82,5 +85,6 @@ def create_app(parts: ApiParts) -> Litestar:
     # but not the access log (http/door.py).
     heads = methods.HeadAndAllow(app.asgi_handler)
     door = PostsAtTheDoor(heads, parts.submitter, cors=bool(origins))
-    app.asgi_handler = AccessLog(door, parts.metrics.http)
+    # Outermost: the access log line and every answer carry the request's id.
+    app.asgi_handler = RequestIds(AccessLog(door, parts.metrics.http))
     return app

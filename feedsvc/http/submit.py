@@ -14,11 +14,12 @@ from litestar import Request, Response, post
 from litestar.di import NamedDependency
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 
+from feedsvc.http import requestid
 from feedsvc.http.admission import Refusal
 from feedsvc.http.contract import SUBMIT_RESPONSES, SubmitOperation
 from feedsvc.http.errors import Answer
 from feedsvc.http.idempotency import KeyClaims, KeyReused
-from feedsvc.kafka import SUBMITTED
+from feedsvc.kafka import REQUEST_ID_HEADER, SUBMITTED
 from feedsvc.messages import (
     MAX_BODY_BYTES,
     Accepted,
@@ -39,7 +40,9 @@ _IDEMPOTENCY_KEY = re.compile(r"\A[\x21-\x7e]{1,255}\Z")
 class Producer(Protocol):
     """What sending a message needs of a Kafka producer (`kafka.RenewingProducer` is one)."""
 
-    async def send_and_wait(self, topic: str, value: bytes, key: bytes) -> Any:
+    async def send_and_wait(
+        self, topic: str, value: bytes, key: bytes, *, headers: list[tuple[str, bytes]]
+    ) -> Any:
         """Send one record; returns once every replica has it (`acks=all`)."""
         ...
 
@@ -127,7 +130,13 @@ class Submitter:
         # A little is kept back for writing the answer itself.
         return asyncio.get_running_loop().time() + self.timeout_s - min(0.2, self.timeout_s / 10)
 
-    async def submit(self, message: Message, deadline: float, keys: Keys | None = None) -> Message:
+    async def submit(
+        self,
+        message: Message,
+        deadline: float,
+        keys: Keys | None = None,
+        request_id: str | None = None,
+    ) -> Message:
         """Send one message; returns it as accepted, or raises `Refusal` or `KeyReused`.
 
         With `keys` (the message has an Idempotency-Key) the key is claimed for this
@@ -156,7 +165,7 @@ class Submitter:
                     if stored.text != message.text:
                         raise KeyReused("Idempotency-Key was already used for a different text")
                     return stored
-            await self._send(message, deadline)
+            await self._send(message, deadline, request_id)
         finally:
             self.admission.leave()
         if keys is not None:
@@ -194,7 +203,7 @@ class Submitter:
         self.posts.idempotency_unchecked.inc()
         log.warning("idempotency key not checked", extra={"error": why})
 
-    async def _send(self, message: Message, deadline: float) -> None:
+    async def _send(self, message: Message, deadline: float, request_id: str | None) -> None:
         loop = asyncio.get_running_loop()
         given = deadline - loop.time()
         sent = loop.time()
@@ -202,7 +211,13 @@ class Submitter:
             # asyncio's own timeout: anyio's CancelScope cost ~12% of the api's CPU here.
             async with asyncio.timeout_at(deadline):
                 await self.producer.send_and_wait(
-                    SUBMITTED, encode(message), key=message.author.encode()
+                    SUBMITTED,
+                    encode(message),
+                    key=message.author.encode(),
+                    # The writer logs it with the message: a post's lines join end to end.
+                    headers=[]
+                    if request_id is None
+                    else [(REQUEST_ID_HEADER, request_id.encode())],
                 )
         except (TimeoutError, KafkaError) as exc:
             # A send left too little time by the rest of the request, or late because
@@ -246,7 +261,13 @@ def screen(content_type: str, key: str | None) -> Answer | None:
     return None
 
 
-async def accept(submitter: Submitter, body: bytes, key: str | None, deadline: float) -> Answer:
+async def accept(
+    submitter: Submitter,
+    body: bytes,
+    key: str | None,
+    deadline: float,
+    request_id: str | None = None,
+) -> Answer:
     """Decode `body`, admit and send it: 202 once Kafka has it, else 400, 422, 429 or 503."""
     try:
         submission = decode_submission(body)
@@ -255,7 +276,10 @@ async def accept(submitter: Submitter, body: bytes, key: str | None, deadline: f
         return Answer.problem(400, exc.detail, exc.field)
     try:
         message = await submitter.submit(
-            new_message(submission, key), deadline, submitter.keys if key is not None else None
+            new_message(submission, key),
+            deadline,
+            submitter.keys if key is not None else None,
+            request_id,
         )
     except Refusal as refusal:
         submitter.posts.refused.labels(str(refusal.status), refusal.reason).inc()
@@ -298,5 +322,6 @@ async def post_message(
             body = await request.body()
         except RequestEntityTooLarge:
             return TOO_LARGE.response()
-        answer = await accept(submitter, body, key, deadline)
+        rid = requestid.request_id(request.scope)
+        answer = await accept(submitter, body, key, deadline, rid)
     return answer.response()

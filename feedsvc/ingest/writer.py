@@ -11,7 +11,7 @@ import anyio
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
-from feedsvc.ingest.batch import Record, decode_batch, letter
+from feedsvc.ingest.batch import Record, decode_batch, letter, request_id_of
 from feedsvc.ingest.deadletters import DeadLetters
 from feedsvc.ingest.isolation import Store, insert_isolating
 from feedsvc.ingest.retry import BatchAbandoned, until_done
@@ -139,10 +139,18 @@ class Writer:
         self.counts.insert_seconds.observe(time.perf_counter() - started)
         refused_ids = {message.id for message, _ in refused}
         now = time.time()
+        traced = log.isEnabledFor(logging.DEBUG)
         for message in batch.messages:
             if message.id not in refused_ids:
                 # The api's clock against ours: skew between hosts shows here.
                 self.counts.accepted_to_stored.observe(now - message.created_at.timestamp())
+                if traced:
+                    # Joins the api's access log line of the post (README, Request ids).
+                    first = batch.records[message.id][0]
+                    log.debug(
+                        "stored",
+                        extra={"id": str(message.id), "request_id": request_id_of(first)},
+                    )
         dead = list(batch.dead)
         for message, exc in refused:
             first, *repeats = batch.records[message.id]

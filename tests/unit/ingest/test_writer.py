@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -180,3 +181,17 @@ async def test_accepted_to_stored_is_timed_for_each_stored_message() -> None:
     value = parts.metrics.registry.get_sample_value
     assert value("feedsvc_writer_accepted_to_stored_seconds_count") == 2
     assert 4 <= (value("feedsvc_writer_accepted_to_stored_seconds_sum") or 0) < 10
+
+
+async def test_each_stored_message_is_logged_with_its_request_id_at_debug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """At DEBUG a stored message's line names its id and its post's `request-id` header."""
+    caplog.set_level(logging.DEBUG, logger="feedsvc.ingest.writer")
+    sent = message("traced")
+    traced = record(0, encode(sent))._replace(headers=(("request-id", b"req-7"),))
+    parts = Parts([[traced, record(1, encode(message("plain")))]])
+    await parts.writer.run(parts.stopping)
+    stored = [(getattr(r, "id", None), getattr(r, "request_id", "-")) for r in caplog.records]
+    assert (str(sent.id), "req-7") in stored
+    assert sum(1 for r in caplog.records if r.getMessage() == "stored") == 2
