@@ -8,8 +8,8 @@ end to end (README, Request ids).
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from typing import Any, cast
 
 import msgspec
@@ -46,7 +46,7 @@ class RequestIds:
             await self.app(scope, receive, send)
             return
         given = next((v for n, v in scope["headers"] if n.lower() == HEADER), None)
-        rid = given.decode() if given is not None and _GIVEN.match(given) else uuid.uuid4().hex
+        rid = given.decode() if given is not None and _GIVEN.match(given) else os.urandom(16).hex()
         scope.setdefault("state", {})[_STATE_KEY] = rid
         header = (HEADER, rid.encode())
         held: dict[str, Any] | None = None
