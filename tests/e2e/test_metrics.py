@@ -186,3 +186,16 @@ async def test_two_api_processes_sharing_a_multiprocess_dir_add_up(
     assert summed[("feedsvc_posts_accepted_total", ())] == 12
     assert summed[(f"{DURATION}_count", POSTED)] == 12
     assert own[("feedsvc_posts_accepted_total", ())] == 12, "any process answers the sum"
+
+
+async def test_a_ready_api_says_so_in_its_metrics(client: httpx.AsyncClient) -> None:
+    """While /health/ready answers 200, the api's `feedsvc_api_ready` counts it ready."""
+    assert (await client.get("/health/ready")).status_code == 200
+
+    async def now() -> Samples:
+        return await scrape(client)
+
+    samples = await wait_for(
+        now, lambda s: s.get(("feedsvc_api_ready", ()), 0) >= 1, 10, "the api counted ready"
+    )
+    assert samples[("feedsvc_api_ready", ())] == 1
