@@ -30,5 +30,9 @@ fi
 step "the test image's file set: tests/unit and tests/static without .git (FEEDSVC_TEST_BACKEND=cockroach)"
 uv run --frozen python scripts/docker_test_files.py -q
 
+step "observability: promtool check config and rules, promtool test rules"
+promtool check config observability/prometheus.yml
+promtool test rules observability/alerts-test.yml
+
 step "pytest"
 uv run --frozen pytest "$@"

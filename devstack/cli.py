@@ -34,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stack.up()
             for name in stack.replicas:
                 print(f"replica {name}: {stack.replica_url(name)}")
+            print(f"WRITER_URL={stack.writer_url}")  # its /metrics and /health/*
             print(f"FEED_URL={stack.api_url}")
         elif args.command == "down":
             stack.down()
@@ -41,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             states = stack.status()
             for name, running in states.items():
                 print(f"{name}: {'running' if running else 'stopped'}")
+            print(f"WRITER_URL={stack.writer_url}")
             print(f"FEED_URL={stack.api_url}")
             return 0 if all(states.values()) else 3
     except StackError as exc:

@@ -97,6 +97,11 @@ class Stack:
         return tuple(p for r in self.roles for p in (self.replicas if r == "api" else (r,)))
 
     @property
+    def writer_url(self) -> str:
+        """The writer's `/metrics` and `/health/*` base URL."""
+        return f"http://127.0.0.1:{self.state['ports']['writer']}"
+
+    @property
     def database_url(self) -> str:
         """The feedsvc database, as the processes and tests connect to it."""
         return self.postgres.url("feedsvc")
@@ -115,6 +120,7 @@ class Stack:
                 "FEED_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
                 "FEED_HOST": "127.0.0.1",
                 "FEED_PORT": str(self.state["ports"]["api"]),
+                "FEED_WRITER_METRICS_PORT": str(self.state["ports"]["writer"]),
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -166,7 +172,7 @@ class Stack:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    PORTS: tuple[str, ...] = ("postgres", "kafka", "kafka_controller", "proxy")
+    PORTS: tuple[str, ...] = ("postgres", "kafka", "kafka_controller", "proxy", "writer")
     """The ports this stack listens on besides the replicas', chosen once, kept in state.json."""
 
     def _read_state(self) -> dict[str, int]:
@@ -365,7 +371,7 @@ class ExternalStack(Stack):
             )
         return super().service(role)
 
-    PORTS = ()
+    PORTS = ("writer",)
 
     def _refresh(self) -> None:
         """Read state.json; there are no servers of ours to bind."""

@@ -44,8 +44,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """The api's listen port."""
 
     writer_metrics_port: Port = 0
-    """Where a writer serves `/metrics` (on `host`); 0, the default, serves none, so
-    several writers on one machine never fight over a port."""
+    """Where a writer serves `/metrics`, `/health/live` and `/health/ready` (on `host`); 0,
+    the default, serves none, so several writers on one machine never fight over a port."""
 
     api_workers: NonNegative = 0
     """api worker processes sharing the port, each with its own event loop, Kafka producer,

@@ -30,6 +30,8 @@ from feedsvc.config import Settings
 SUBMITTED = "messages.submitted"
 COMMITTED = "messages.committed"
 DLQ = "messages.dlq"
+REQUEST_ID_HEADER = "request-id"
+"""The header of a `messages.submitted` record that carries its post's `X-Request-ID`."""
 WRITER_GROUP = "feedsvc-writer"
 
 log = logging.getLogger(__name__)

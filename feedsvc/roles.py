@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 
 import anyio
@@ -111,9 +112,12 @@ async def api(settings: Settings, listen: Callable[[], socket.socket]) -> None:
         progress = kafka.WriterProgress(admin_client, offsets)
         tasks.start_soon(admission.watch_backlog, progress, settings.backlog_refresh_s)
         tasks.start_soon(admission.watch_loop)
-        reader = CommittedReader(settings)
+        reader = CommittedReader(
+            settings, stored_to_published=metrics.feed.stored_to_published.observe
+        )
         fanout: Fanout = await tasks.start(reader.run)
         _feed_metrics(metrics, reader, fanout)
+        metrics.follow(metrics.posts.api_ready, lambda: _ready(admission, reader))
         tasks.start_soon(metrics.refresh_every)
         store = MessageStore(pool)
         claims = KeyClaims(store)
@@ -161,12 +165,21 @@ def _feed_metrics(metrics: Metrics, reader: CommittedReader, fanout: Fanout) -> 
     metrics.count(feed.restarts, lambda: reader.restarts)
 
 
+def _ready(admission: Admission, reader: CommittedReader) -> float:
+    """1.0 when /health/ready's Kafka and feed checks pass (http/health.py), else 0.0."""
+    fresh = time.monotonic() - admission.last_refresh < 10
+    return float(admission.kafka_reachable and fresh and reader.ready)
+
+
 async def writer(settings: Settings) -> None:
     """Store submitted messages until SIGTERM; the batch in hand is committed first."""
     stopping = anyio.Event()
     metrics = Metrics()
+    started: list[Writer] = []  # for /health/ready, which answers from the start
     async with (
-        metrics.served(settings.host, settings.writer_metrics_port),
+        metrics.served(
+            settings.host, settings.writer_metrics_port, lambda: any(w.ready for w in started)
+        ),
         open_pool(settings, "writer") as pool,
         kafka.producer(settings) as dlq,
         kafka.writer_consumer(settings) as consumer,
@@ -174,7 +187,7 @@ async def writer(settings: Settings) -> None:
     ):
         tasks.start_soon(_stop_on_signal, stopping)
         log.info("writer consuming", extra={"topic": kafka.SUBMITTED, "group": kafka.WRITER_GROUP})
-        await Writer(
+        work = Writer(
             consumer,
             MessageStore(pool),
             DeadLetters(dlq, settings.kafka_timeout_s, metrics),
@@ -182,7 +195,9 @@ async def writer(settings: Settings) -> None:
             batch=settings.writer_batch,
             linger_ms=settings.writer_linger_ms,
             kafka_timeout_s=settings.kafka_timeout_s,
-        ).run(stopping)
+        )
+        started.append(work)
+        await work.run(stopping)
         tasks.cancel_scope.cancel()
     log.info("writer stopped")
 

@@ -13,6 +13,7 @@ import time
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from feedsvc.http.requestid import request_id
 from feedsvc.metrics.families import HttpMetrics
 
 log = logging.getLogger("feedsvc.access")
@@ -75,4 +76,6 @@ class AccessLog:
                 }
                 if location is not None:
                     fields["message_id"] = location.rpartition(b"/")[2].decode("latin-1")
+                if (rid := request_id(scope)) is not None:
+                    fields["request_id"] = rid
                 log.info("request", extra=fields)

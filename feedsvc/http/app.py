@@ -16,6 +16,7 @@ from feedsvc.http.admission import Admission
 from feedsvc.http.door import PostsAtTheDoor
 from feedsvc.http.errors import exception_handlers
 from feedsvc.http.health import DatabaseWatch
+from feedsvc.http.requestid import RequestIds
 from feedsvc.http.submit import Submitter
 from feedsvc.metrics import Metrics
 from feedsvc.relay.fanout import Fanout
@@ -72,7 +73,9 @@ def create_app(parts: ApiParts) -> Litestar:
         openapi_config=contract.openapi_config(render_plugins=[pages.schema_ui()]),
         # Litestar answers preflights and adds the CORS headers for allowed origins only:
         # https://docs.litestar.dev/2/usage/middleware/builtin-middleware.html#cors
-        cors_config=CORSConfig(allow_origins=origins, expose_headers=["Location", "Retry-After"])
+        cors_config=CORSConfig(
+            allow_origins=origins, expose_headers=["Location", "Retry-After", "X-Request-ID"]
+        )
         if origins
         else None,
         debug=False,
@@ -88,5 +91,6 @@ def create_app(parts: ApiParts) -> Litestar:
     settings = parts.settings
     body_timeout_s = min(settings.body_timeout_s, settings.kafka_timeout_s / 2)
     door = PostsAtTheDoor(heads, parts.submitter, cors=bool(origins), body_timeout_s=body_timeout_s)
-    app.asgi_handler = AccessLog(door, parts.metrics.http)
+    # Outermost: the access log line and every answer carry the request's id.
+    app.asgi_handler = RequestIds(AccessLog(door, parts.metrics.http))
     return app

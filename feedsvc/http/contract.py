@@ -331,9 +331,10 @@ READY_RESPONSES = {
 API_DESCRIPTION = """\
 Post short messages; read them back page by page; follow them live over Server-Sent Events.
 
-Every error is JSON `{"error", "detail", "field"?}` (`Problem`). Every GET path also answers
-HEAD (the same headers, no body); OPTIONS lists every method of a path in `Allow`, and a
-method a path does not have gets 405 with `Allow`."""
+Every error is JSON `{"error", "detail", "field"?, "request_id"}` (`Problem`); every answer
+carries `X-Request-ID`. Every GET path also answers HEAD (the same headers, no body); OPTIONS
+lists every method of a path in `Allow`, and a method a path does not have gets 405 with
+`Allow`."""
 
 
 def openapi_config(render_plugins: list[OpenAPIRenderPlugin]) -> OpenAPIConfig:

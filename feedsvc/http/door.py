@@ -21,6 +21,7 @@ from prometheus_client import Counter
 
 from feedsvc.http.admission import Refusal
 from feedsvc.http.errors import Answer
+from feedsvc.http.requestid import request_id
 from feedsvc.http.submit import TOO_LARGE, Submitter, accept, screen
 from feedsvc.messages import MAX_BODY_BYTES
 
@@ -85,7 +86,7 @@ class PostsAtTheDoor:
             await _write(send, self._refused(refusal))
             return
         try:
-            answer = await self._answer(receive, content_type or "", key, length)
+            answer = await self._answer(receive, content_type or "", key, length, request_id(scope))
         except Exception:
             log.exception("unhandled error", extra={"method": "POST", "path": "/messages"})
             answer = _INTERNAL
@@ -93,7 +94,12 @@ class PostsAtTheDoor:
             await _write(send, answer)
 
     async def _answer(
-        self, receive: Receive, content_type: str, key: str | None, length: bytes | None
+        self,
+        receive: Receive,
+        content_type: str,
+        key: str | None,
+        length: bytes | None,
+        rid: str | None,
     ) -> Answer | None:
         """The answer; None when the client left before sending the whole body."""
         deadline = self.submitter.deadline()
@@ -114,7 +120,7 @@ class PostsAtTheDoor:
             return TOO_LARGE
         except _ClientLeft:
             return None
-        return await accept(self.submitter, body, key, deadline)
+        return await accept(self.submitter, body, key, deadline, rid)
 
     def _refused(self, refusal: Refusal) -> Answer:
         # The answer and its counter, looked up once per kind of refusal.

@@ -12,11 +12,12 @@ from litestar import Request, Response, post
 from litestar.di import NamedDependency
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 
+from feedsvc.http import requestid
 from feedsvc.http.admission import Refusal
 from feedsvc.http.contract import IDEMPOTENCY_KEY_PATTERN, SUBMIT_RESPONSES, SubmitOperation
 from feedsvc.http.errors import Answer
 from feedsvc.http.idempotency import Bound, KeyReused, KeyUnchecked
-from feedsvc.kafka import SUBMITTED
+from feedsvc.kafka import REQUEST_ID_HEADER, SUBMITTED
 from feedsvc.messages import (
     MAX_BODY_BYTES,
     Accepted,
@@ -39,7 +40,9 @@ _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)  # the one the spec docum
 class Producer(Protocol):
     """What sending a message needs of a Kafka producer (`kafka.RenewingProducer` is one)."""
 
-    async def send_and_wait(self, topic: str, value: bytes, key: bytes) -> Any:
+    async def send_and_wait(
+        self, topic: str, value: bytes, key: bytes, *, headers: list[tuple[str, bytes]]
+    ) -> Any:
         """Send one record; returns once every replica has it (`acks=all`)."""
         ...
 
@@ -124,7 +127,13 @@ class Submitter:
         # A little is kept back for writing the answer itself.
         return asyncio.get_running_loop().time() + self.timeout_s - min(0.2, self.timeout_s / 10)
 
-    async def submit(self, message: Message, deadline: float, keyed: bool = False) -> Message:
+    async def submit(
+        self,
+        message: Message,
+        deadline: float,
+        keyed: bool = False,
+        request_id: str | None = None,
+    ) -> Message:
         """Send one message; returns it as accepted, or raises `Refusal` or `KeyReused`.
 
         A `keyed` message (it has an Idempotency-Key) is claimed first (`Claims`): bound
@@ -151,19 +160,26 @@ class Submitter:
                 if bound.stored:
                     return bound.message
                 message = bound.message  # the first request's record, sent again
-            await self._send(message, deadline)
+            await self._send(message, deadline, request_id)
         finally:
             self.admission.leave()
         return message
 
-    async def _send(self, message: Message, deadline: float) -> None:
+    async def _send(self, message: Message, deadline: float, request_id: str | None) -> None:
         loop = asyncio.get_running_loop()
         given = deadline - loop.time()
+        sent = loop.time()
         try:
             # asyncio's own timeout: anyio's CancelScope cost ~12% of the api's CPU here.
             async with asyncio.timeout_at(deadline):
                 await self.producer.send_and_wait(
-                    SUBMITTED, encode(message), key=message.author.encode()
+                    SUBMITTED,
+                    encode(message),
+                    key=message.author.encode(),
+                    # The writer logs it with the message: a post's lines join end to end.
+                    headers=[]
+                    if request_id is None
+                    else [(REQUEST_ID_HEADER, request_id.encode())],
                 )
         except (TimeoutError, KafkaError) as exc:
             # A send left too little time by the rest of the request, or late because
@@ -175,6 +191,7 @@ class Submitter:
             self.posts.kafka_send_errors.labels(type(exc).__name__).inc()
             log.warning("kafka send failed", extra={"error": repr(exc), "id": str(message.id)})
             raise Refusal(503, "Kafka did not acknowledge the message in time", 2) from None
+        self.posts.produce_seconds.observe(loop.time() - sent)
         self.admission.kafka_ok()
 
 
@@ -200,7 +217,13 @@ def screen(content_type: str, key: str | None) -> Answer | None:
     return None
 
 
-async def accept(submitter: Submitter, body: bytes, key: str | None, deadline: float) -> Answer:
+async def accept(
+    submitter: Submitter,
+    body: bytes,
+    key: str | None,
+    deadline: float,
+    request_id: str | None = None,
+) -> Answer:
     """Decode `body`, admit and send it: 202 once Kafka has it, else 400, 422, 429 or 503."""
     try:
         submission = decode_submission(body)
@@ -208,7 +231,9 @@ async def accept(submitter: Submitter, body: bytes, key: str | None, deadline: f
         submitter.posts.refused.labels("400", "invalid").inc()
         return Answer.problem(400, exc.detail, exc.field)
     try:
-        message = await submitter.submit(new_message(submission, key), deadline, key is not None)
+        message = await submitter.submit(
+            new_message(submission, key), deadline, key is not None, request_id
+        )
     except Refusal as refusal:
         submitter.posts.refused.labels(str(refusal.status), refusal.reason).inc()
         return Answer.problem(refusal.status, refusal.reason, retry_after_s=refusal.retry_after_s)
@@ -250,5 +275,6 @@ async def post_message(
             body = await request.body()
         except RequestEntityTooLarge:
             return TOO_LARGE.response()
-        answer = await accept(submitter, body, key, deadline)
+        rid = requestid.request_id(request.scope)
+        answer = await accept(submitter, body, key, deadline, rid)
     return answer.response()

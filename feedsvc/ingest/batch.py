@@ -9,6 +9,7 @@ from typing import Literal, Protocol
 
 import msgspec
 
+from feedsvc.kafka import REQUEST_ID_HEADER
 from feedsvc.messages import MAX_BODY_BYTES, DeadLetter, Message, dead_letter, decode_message
 
 MAX_RECORD_BYTES = 2 * MAX_BODY_BYTES
@@ -61,6 +62,16 @@ def decode_batch(records: Sequence[Record]) -> Decoded:
             batch.messages.append(message)
         same_id.append(record)
     return batch
+
+
+def request_id_of(record: Record) -> str | None:
+    """The `X-Request-ID` of the post a record came from, if the api sent one."""
+    # aiokafka's ConsumerRecord.headers: a sequence of (name, bytes); Record leaves it out
+    # so that a record without headers (a test's) is one too.
+    for name, value in getattr(record, "headers", None) or ():
+        if name == REQUEST_ID_HEADER:
+            return bytes(value).decode("utf-8", "replace")
+    return None
 
 
 def letter(record: Record, stage: Literal["decode", "insert"], reason: str) -> DeadLetter:

@@ -11,7 +11,7 @@ import anyio
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
-from feedsvc.ingest.batch import Record, decode_batch, letter
+from feedsvc.ingest.batch import Record, decode_batch, letter, request_id_of
 from feedsvc.ingest.deadletters import DeadLetters
 from feedsvc.ingest.isolation import Store, insert_isolating
 from feedsvc.ingest.retry import BatchAbandoned, until_done
@@ -75,9 +75,24 @@ class Writer:
         self.stored = 0
         self.dead = 0
         self.counts = metrics.writer
+        self.consuming = False
+        self.retrying = False
+        """A batch's insert or offset commit failed and is being tried again."""
+
+    @property
+    def ready(self) -> bool:
+        """Consuming, and not retrying a batch's insert or commit (the database or Kafka away)."""
+        return self.consuming and not self.retrying
 
     async def run(self, stopping: anyio.Event) -> None:
         """Consume until `stopping` is set; the batch in hand is finished first."""
+        self.consuming = True
+        try:
+            await self._consume(stopping)
+        finally:
+            self.consuming = False
+
+    async def _consume(self, stopping: anyio.Event) -> None:
         last_report, reported = time.monotonic(), (0, 0)
         while not stopping.is_set():
             try:
@@ -119,9 +134,23 @@ class Writer:
         batch = decode_batch(records)
         started = time.perf_counter()
         refused = await insert_isolating(
-            self.store, batch.messages, stopping, on_retry=self.counts.retried
+            self.store, batch.messages, stopping, on_retry=self._retried
         )
         self.counts.insert_seconds.observe(time.perf_counter() - started)
+        refused_ids = {message.id for message, _ in refused}
+        now = time.time()
+        traced = log.isEnabledFor(logging.DEBUG)
+        for message in batch.messages:
+            if message.id not in refused_ids:
+                # The api's clock against ours: skew between hosts shows here.
+                self.counts.accepted_to_stored.observe(now - message.created_at.timestamp())
+                if traced:
+                    # Joins the api's access log line of the post (README, Request ids).
+                    first = batch.records[message.id][0]
+                    log.debug(
+                        "stored",
+                        extra={"id": str(message.id), "request_id": request_id_of(first)},
+                    )
         dead = list(batch.dead)
         for message, exc in refused:
             first, *repeats = batch.records[message.id]
@@ -133,7 +162,7 @@ class Writer:
         dead.sort(key=lambda d: (d.partition, d.offset))
         await self.dead_letters.send(dead, stopping)
         await self._commit(records, stopping)
-        refused_ids = {message.id for message, _ in refused}
+        self.retrying = False
         stored = sum(len(rs) for id_, rs in batch.records.items() if id_ not in refused_ids)
         self.counts.stored.inc(stored)
         self.stored += stored
@@ -152,7 +181,7 @@ class Writer:
                 stopping,
                 "offset commit",
                 self.kafka_timeout_s,
-                on_retry=self.counts.retried,
+                on_retry=self._retried,
             )
         except KafkaError as exc:
             # The partitions moved to another writer, which re-reads from the last
@@ -160,6 +189,10 @@ class Writer:
             log.warning(
                 "offset commit failed; the batch will be re-read", extra={"error": repr(exc)}
             )
+
+    def _retried(self, operation: str) -> None:
+        self.retrying = True
+        self.counts.retried(operation)
 
     async def _start(self, tp: Any) -> None:
         """A partition the group never committed: all of it is unread, start at the earliest."""

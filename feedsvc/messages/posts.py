@@ -51,6 +51,8 @@ class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
     error: str
     detail: str
     field: str | None = None
+    request_id: str | None = None
+    """The request's `X-Request-ID`, added on the way out (`feedsvc.http.requestid`)."""
 
 
 class MessagePage(msgspec.Struct, frozen=True):

@@ -3,8 +3,8 @@
 Each process builds one `Metrics` (its own `CollectorRegistry`, never the client's global
 one, so tests and several roles in one interpreter do not collide); its families (`http`,
 `connections`, `posts`, `health`, `feed`, `writer`) are created on first use, so a
-process exposes only what it runs (their metrics, names and labels: `feedsvc.metrics.families`). `render` is
-the `/metrics` body.
+process exposes only what it runs (their metrics, names and labels:
+`feedsvc.metrics.families`). `render` is the `/metrics` body.
 
 Several api workers add up through the client's multiprocess mode
 (https://prometheus.github.io/client_python/multiprocess/): the launcher calls
@@ -34,7 +34,6 @@ from prometheus_client import (
     Gauge,
     generate_latest,
     multiprocess,
-    start_http_server,
     values,
 )
 from prometheus_client.metrics import disable_created_metrics
@@ -47,6 +46,7 @@ from feedsvc.metrics.families import (
     PostMetrics,
     WriterMetrics,
 )
+from feedsvc.metrics.port import serving
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -178,22 +178,17 @@ class Metrics:
         return generate_latest(summed)
 
     @asynccontextmanager
-    async def served(self, host: str, port: int) -> AsyncIterator[None]:
-        """Serve this process's registry at `http://host:port/metrics` meanwhile; port 0:
-        not at all.
+    async def served(
+        self, host: str, port: int, ready: Callable[[], bool] = lambda: True
+    ) -> AsyncIterator[None]:
+        """Serve `/metrics`, `/health/live` and `/health/ready` (200 while `ready()`, else
+        503) on `http://host:port` meanwhile; port 0: not at all.
 
-        Note: for a process without an HTTP server of its own (the writer). The client's
-        small threaded server answers from its own thread (any path but `/favicon.ico`);
-        values are read under the client's locks, so the event loop never waits for a
-        scrape.
+        Note: for a process without an HTTP server of its own (the writer); answered from
+        a thread (`feedsvc.metrics.port`), so the event loop never waits for a scrape.
         """
         if not port:
             yield
             return
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
-        try:
+        with serving(host, port, self.render, ready):
             yield
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join(5)

@@ -18,6 +18,13 @@ DELIVERY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
 """Publish→deliver: the feed's aim is a p99 within 200 ms, so buckets straddle it."""
 BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 """Records per writer batch: 1 when idle, up to `FEED_WRITER_BATCH` under load."""
+PRODUCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2.5, 5)
+"""Kafka produce→acknowledgement: BENCHMARKS.md's POST p50 ~22 ms and p99 ~78 ms at 2,500/s
+fall between fine buckets; up to the 5 s of `FEED_KAFKA_TIMEOUT_S`."""
+PIPELINE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30, 60, 300)
+"""Accepted→stored and stored→published: tens of ms when flowing (the writer's linger, the
+stand-in's poll), BENCHMARKS.md's 200 ms aim and ~0.4-0.9 s p99s at 5,000 streams, the
+~10 s its fault drills take to recover, and minutes of an outage."""
 
 
 class HttpMetrics:
@@ -116,6 +123,20 @@ class PostMetrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
+        self.api_ready = Gauge(
+            "feedsvc_api_ready",
+            "1 while this api worker has Kafka and its feed as /health/ready wants them "
+            "(the database is pinged per probe, not here); summed over the workers.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.produce_seconds = Histogram(
+            "feedsvc_kafka_produce_seconds",
+            "From handing an accepted message to the producer to Kafka's acknowledgement "
+            "(acks=all); sends that failed are not in it.",
+            buckets=PRODUCE_BUCKETS,
+            registry=registry,
+        )
 
 
 class HealthMetrics:
@@ -188,6 +209,13 @@ class FeedMetrics:
             "feedsvc_feed_resets",
             "`reset` events sent (a position that cannot be continued), by reason.",
             ["reason"],
+            registry=r,
+        )
+        self.stored_to_published = Histogram(
+            "feedsvc_feed_stored_to_published_seconds",
+            "From a row's commit (its changefeed `updated`) to the relay publishing it to "
+            "the feed's streams (repeats not counted).",
+            buckets=PIPELINE_BUCKETS,
             registry=r,
         )
         self.replays = Gauge(
@@ -290,6 +318,13 @@ class WriterMetrics:
             "feedsvc_writer_retries",
             "Attempts that failed and were retried, by operation (insert: the database).",
             ["operation"],
+            registry=r,
+        )
+        self.accepted_to_stored = Histogram(
+            "feedsvc_writer_accepted_to_stored_seconds",
+            "From a message's `created_at` (the api accepting it) to the writer's insert "
+            "of it returning (repeats included).",
+            buckets=PIPELINE_BUCKETS,
             registry=r,
         )
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -35,6 +35,7 @@ from feedsvc.relay.changefeed import (
     Resolved,
     Row,
     decode_record,
+    hlc_value,
 )
 from feedsvc.relay.fanout import Fanout
 from feedsvc.relay.replay import Replay, ReplaysBusy, SeekBack
@@ -72,9 +73,15 @@ class CommittedReader:
     """Feeds every record of `messages.committed` to a `Fanout`, in offset order."""
 
     def __init__(
-        self, settings: Settings, max_replays: int = MAX_REPLAYS, topic: str = kafka.COMMITTED
+        self,
+        settings: Settings,
+        max_replays: int = MAX_REPLAYS,
+        topic: str = kafka.COMMITTED,
+        stored_to_published: Callable[[float], None] | None = None,
     ) -> None:
         self.settings = settings
+        self.stored_to_published = stored_to_published
+        """Called with the seconds from each published row's commit to now, if given."""
         self.partition = TopicPartition(topic, 0)
         """The topic's only partition (tests use their own topic)."""
         self.published = 0
@@ -139,7 +146,9 @@ class CommittedReader:
                     for record in batch.get(tp, ()):
                         event = _decode(record)
                         if isinstance(event, Row | Delete):
-                            self.published += fanout.publish(record.offset, event, read_at)
+                            if fanout.publish(record.offset, event, read_at):
+                                self.published += 1
+                                self._stored_to_published(event)
                         elif isinstance(event, Resolved):
                             fanout.resolve(record.offset, event.hlc)
                         elif isinstance(event, Gap):
@@ -153,6 +162,12 @@ class CommittedReader:
                     await anyio.lowlevel.checkpoint()
             finally:
                 fanout.close()
+
+    def _stored_to_published(self, event: Row | Delete) -> None:
+        if self.stored_to_published is not None and event.updated is not None:
+            # `updated` is the row's commit HLC (wall-clock ns first): the database's
+            # clock against ours, so skew between hosts shows here.
+            self.stored_to_published(max(0.0, time.time() - hlc_value(event.updated) / 10**19))
 
     async def replay(
         self, fanout: Fanout, answer: ReplayFrom

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from devstack import Stack, free_port
+from devstack import Stack
 from tests.e2e.test_feed import ids_of, open_feed
-from tests.support import extra_api, native_only, post_many, stored_ids, wait_for
+from tests.support import extra_api, post_many, stored_ids, wait_for
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 POSTED = (("method", "POST"), ("route", "/messages"), ("status", "202"))
@@ -88,33 +86,73 @@ async def test_traffic_moves_the_histograms_and_counters(
     assert after[("feedsvc_feed_head_offset", ())] > before.get(("feedsvc_feed_head_offset", ()), 0)
 
 
-@pytest.mark.slow
-@native_only
-async def test_the_writer_serves_its_metrics_when_given_a_port(
-    make_stack: Callable[..., Stack], author: str
+async def test_the_writer_serves_health_on_its_port(stack: Stack) -> None:
+    """The writer's port answers /health/live and, once it consumes, /health/ready with 200."""
+    async with httpx.AsyncClient(base_url=stack.writer_url, timeout=10) as writer:
+        live = await writer.get("/health/live")
+
+        async def ready() -> int:
+            return (await writer.get("/health/ready")).status_code
+
+        await wait_for(ready, lambda status: status == 200, 30, "the writer ready")
+        missing = await writer.get("/nothing")
+    assert live.status_code == 200 and live.json() == {"status": "live"}
+    assert missing.status_code == 404
+
+
+async def test_the_writer_measures_its_batches_and_accepted_to_stored(
+    stack: Stack, author: str
 ) -> None:
-    """FEED_WRITER_METRICS_PORT: the writer's batches, inserts and stored rows are scraped."""
-    port = free_port()
-    stack = make_stack({"FEED_WRITER_METRICS_PORT": str(port)})
-    writer = f"http://127.0.0.1:{port}/metrics"
+    """30 posts: the writer's port shows them stored, batched and timed from acceptance."""
+    metrics = f"{stack.writer_url}/metrics"
     async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as client:
-        before = await scrape(client, writer)
-        ids = await post_many(client, author, 30)
+        before = await scrape(client, metrics)
+        await post_many(client, author, 30)
         await wait_for(
             lambda: stored_ids(stack, author), lambda got: len(got) == 30, 60, "30 rows stored"
         )
 
         async def now() -> Samples:
-            return await scrape(client, writer)
+            return await scrape(client, metrics)
 
         after = await wait_for(
             now, lambda s: moved(before, s, "feedsvc_writer_stored_total") >= 30, 30, "stored"
         )
-    assert len(ids) == 30
     assert moved(before, after, "feedsvc_writer_batch_size_count") >= 1
     assert moved(before, after, "feedsvc_writer_batch_size_sum") >= 30
     assert moved(before, after, "feedsvc_writer_insert_seconds_count") >= 1
+    stored = moved(before, after, "feedsvc_writer_accepted_to_stored_seconds_count")
+    assert stored >= 30
+    mean = moved(before, after, "feedsvc_writer_accepted_to_stored_seconds_sum") / stored
+    assert 0 < mean < 60, f"accepted to stored: {mean} s on average"
     assert not [key for key in after if key[0].startswith("feedsvc_http_")], "api families"
+
+
+async def test_the_api_times_kafka_acknowledgements(client: httpx.AsyncClient, author: str) -> None:
+    """20 accepted posts: 20 produce-to-acknowledgement times, each under the Kafka timeout."""
+    before = await scrape(client)
+    await post_many(client, author, 20)
+    after = await scrape(client)
+    acked = moved(before, after, "feedsvc_kafka_produce_seconds_count")
+    assert acked >= 20
+    assert 0 < moved(before, after, "feedsvc_kafka_produce_seconds_sum") / acked < 5
+
+
+async def test_the_relay_times_stored_to_published(
+    client: httpx.AsyncClient, stack: Stack, author: str
+) -> None:
+    """20 posts reach the feed: the relay timed each from its commit to its publication."""
+    before = await scrape(client)
+    async with open_feed(stack.api_url, {"limit": 0}) as sse:
+        ids = await post_many(client, author, 20)
+        seen: list[str] = []
+        while not set(ids) <= set(seen):
+            seen += ids_of(await sse.messages(1, within=60))
+    after = await scrape(client)
+    published = moved(before, after, "feedsvc_feed_stored_to_published_seconds_count")
+    assert published >= 20
+    mean = moved(before, after, "feedsvc_feed_stored_to_published_seconds_sum") / published
+    assert 0 < mean < 60, f"stored to published: {mean} s on average"
 
 
 async def test_two_api_processes_sharing_a_multiprocess_dir_add_up(
@@ -148,3 +186,16 @@ async def test_two_api_processes_sharing_a_multiprocess_dir_add_up(
     assert summed[("feedsvc_posts_accepted_total", ())] == 12
     assert summed[(f"{DURATION}_count", POSTED)] == 12
     assert own[("feedsvc_posts_accepted_total", ())] == 12, "any process answers the sum"
+
+
+async def test_a_ready_api_says_so_in_its_metrics(client: httpx.AsyncClient) -> None:
+    """While /health/ready answers 200, the api's `feedsvc_api_ready` counts it ready."""
+    assert (await client.get("/health/ready")).status_code == 200
+
+    async def now() -> Samples:
+        return await scrape(client)
+
+    samples = await wait_for(
+        now, lambda s: s.get(("feedsvc_api_ready", ()), 0) >= 1, 10, "the api counted ready"
+    )
+    assert samples[("feedsvc_api_ready", ())] == 1

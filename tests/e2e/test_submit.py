@@ -100,7 +100,8 @@ async def test_invalid_body_is_refused_and_produces_nothing(
     r = await client.post("/messages", content=content, headers=JSON)
     assert r.status_code == 400, r.text
     assert r.headers["content-type"].startswith("application/json")
-    assert r.json() == {"error": "bad_request", "detail": detail, "field": field}
+    rid = r.headers["x-request-id"]
+    assert r.json() == {"error": "bad_request", "detail": detail, "field": field, "request_id": rid}
     assert await end_offsets(stack, SUBMITTED) == before
 
 
@@ -249,6 +250,7 @@ async def test_idempotency_key_reused_for_another_text_is_422(
         "error": "unprocessable_content",
         "detail": "Idempotency-Key was already used for a different text",
         "field": "idempotency-key",
+        "request_id": reused.headers["x-request-id"],
     }
     assert await end_offsets(stack, SUBMITTED) == before
     await wait_for(lambda: stored_ids(stack, author), lambda ids: len(ids) == 1, 20, "the row")

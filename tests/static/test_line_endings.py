@@ -50,9 +50,10 @@ def shell_scripts() -> list[str]:
 
 
 def docker_inputs() -> list[str]:
-    """What Docker reads or mounts: the compose file, Dockerfile, cockroach/ and kafka/."""
+    """What Docker reads or mounts: the compose file, Dockerfile, cockroach/, kafka/ and
+    observability/."""
     inputs = ["compose.yaml", "Dockerfile", ".dockerignore", ".env.example"]
-    return inputs + [f for f in files() if f.startswith(("cockroach/", "kafka/"))]
+    return inputs + [f for f in files() if f.startswith(("cockroach/", "kafka/", "observability/"))]
 
 
 def eol(paths: list[str]) -> dict[str, str]:
@@ -75,12 +76,16 @@ def test_every_file_docker_reads_is_checked_out_with_lf() -> None:
 
 
 def test_mounted_files_are_covered() -> None:
-    """Every bind-mounted source in compose.yaml is among the files checked above."""
+    """Every bind-mounted source in compose.yaml (a file, or each file of a directory) is
+    among the files checked above."""
     text = (ROOT / "compose.yaml").read_text()
     lines = [line for line in text.splitlines() if "- ./" in line]
     mounts = [line.split("- ./", 1)[1].split(":", 1)[0] for line in lines]
     assert mounts
-    assert set(mounts) <= set(docker_inputs()) | set(shell_scripts())
+    checked = set(docker_inputs()) | set(shell_scripts())
+    for mount in mounts:
+        inside = [f for f in files() if f == mount or f.startswith(mount + "/")]
+        assert inside and set(inside) <= checked, mount
 
 
 def test_no_file_is_stored_with_crlf() -> None:

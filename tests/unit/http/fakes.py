@@ -34,7 +34,9 @@ class FakeProducer:
     sent: list[Message] = field(default_factory=list)
     calls: int = 0
 
-    async def send_and_wait(self, topic: str, value: bytes, key: bytes) -> None:
+    async def send_and_wait(
+        self, topic: str, value: bytes, key: bytes, *, headers: list[tuple[str, bytes]]
+    ) -> None:
         self.calls += 1
         if self.failures:
             raise self.failures.pop(0)

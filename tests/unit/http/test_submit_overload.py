@@ -17,7 +17,9 @@ from tests.unit.http.fakes import FakeClaims
 class HangingProducer:
     """Never acknowledges, like a broker that is slow or a loop too busy to read the answer."""
 
-    async def send_and_wait(self, topic: str, value: bytes, key: bytes | None = None) -> Any:
+    async def send_and_wait(
+        self, topic: str, value: bytes, key: bytes | None = None, **options: Any
+    ) -> Any:
         await asyncio.sleep(3600)
 
 

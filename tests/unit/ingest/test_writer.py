@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
 import anyio
+import msgspec
 import psycopg
 import pytest
 from aiokafka import TopicPartition
@@ -143,3 +148,50 @@ async def test_batches_inserts_and_retries_are_measured() -> None:
     assert value("feedsvc_writer_retries_total", {"operation": "insert"}) == 1
     assert value("feedsvc_writer_retries_total", {"operation": "dead letter send"}) == 1
     assert value("feedsvc_writer_stored_total") == 5
+
+
+async def test_ready_while_consuming_except_while_an_insert_is_retried() -> None:
+    """Ready at the first insert, not at its retry, ready again once stored, not after run."""
+    parts = Parts([[record(0, encode(message("one")))], [record(1, encode(message("two")))]])
+    parts.store.failures = [psycopg.errors.SerializationFailure("retry")]
+    seen: list[bool] = []
+    insert = parts.store.insert
+
+    async def watched(messages: Any) -> int:
+        seen.append(parts.writer.ready)
+        return await insert(messages)
+
+    parts.store.insert = watched  # type: ignore[method-assign]
+    assert not parts.writer.ready
+    await parts.writer.run(parts.stopping)
+    assert seen == [True, False, True]
+    assert not parts.writer.ready
+
+
+async def test_accepted_to_stored_is_timed_for_each_stored_message() -> None:
+    """Three messages accepted 2 s ago, one refused: two times of about 2 s."""
+    old = datetime.now(UTC) - timedelta(seconds=2)
+    texts = ("a", "b\x00", "c")
+    batch = [
+        record(i, encode(msgspec.structs.replace(message(text), created_at=old)))
+        for i, text in enumerate(texts)
+    ]
+    parts = Parts([batch])
+    await parts.writer.run(parts.stopping)
+    value = parts.metrics.registry.get_sample_value
+    assert value("feedsvc_writer_accepted_to_stored_seconds_count") == 2
+    assert 4 <= (value("feedsvc_writer_accepted_to_stored_seconds_sum") or 0) < 10
+
+
+async def test_each_stored_message_is_logged_with_its_request_id_at_debug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """At DEBUG a stored message's line names its id and its post's `request-id` header."""
+    caplog.set_level(logging.DEBUG, logger="feedsvc.ingest.writer")
+    sent = message("traced")
+    traced = record(0, encode(sent))._replace(headers=(("request-id", b"req-7"),))
+    parts = Parts([[traced, record(1, encode(message("plain")))]])
+    await parts.writer.run(parts.stopping)
+    stored = [(getattr(r, "id", None), getattr(r, "request_id", "-")) for r in caplog.records]
+    assert (str(sent.id), "req-7") in stored
+    assert sum(1 for r in caplog.records if r.getMessage() == "stored") == 2
