@@ -91,6 +91,11 @@ def test_a_vanished_client_is_let_go_at_once() -> None:
     assert "option abortonclose" in directives()
 
 
+def test_every_write_is_sent_at_once() -> None:
+    """Frames are not held back for more data (http-no-delay): an SSE event is not delayed."""
+    assert "option http-no-delay" in directives()
+
+
 def test_nothing_buffers_or_compresses_the_event_stream() -> None:
     """No compression and no response buffering: SSE frames pass as the api writes them."""
     assert not [d for d in directives() if d.split()[0] in ("compression", "filter")]
