@@ -87,10 +87,7 @@ def create_app(parts: ApiParts) -> Litestar:
     # HEAD inside the access log, so a HEAD is logged as HEAD; posts skip the framework,
     # but not the access log (http/door.py).
     heads = methods.HeadAndAllow(app.asgi_handler)
-    # Kafka keeps at least half of a post's time (README, Limits at the edge).
-    settings = parts.settings
-    body_timeout_s = min(settings.body_timeout_s, settings.kafka_timeout_s / 2)
-    door = PostsAtTheDoor(heads, parts.submitter, cors=bool(origins), body_timeout_s=body_timeout_s)
+    door = PostsAtTheDoor(heads, parts.submitter, cors=bool(origins))
     # Outermost: the access log line and every answer carry the request's id.
     app.asgi_handler = RequestIds(AccessLog(door, parts.metrics.http))
     return app

@@ -45,19 +45,10 @@ class PostsAtTheDoor:
     and logged as the handler's is (`path_template` is set for the access log).
     """
 
-    def __init__(
-        self, app: ASGIApp, submitter: Submitter, *, cors: bool, body_timeout_s: float
-    ) -> None:
+    def __init__(self, app: ASGIApp, submitter: Submitter, *, cors: bool) -> None:
         self.app = app
         self.submitter = submitter
         self.cors = cors
-        self.body_timeout_s = body_timeout_s
-        self._late_body = Answer.problem(
-            408,
-            f"the body did not arrive within {self.body_timeout_s:g} s of the request's head",
-            "body",
-            headers={"Connection": "close"},
-        )
         self._refusals: dict[tuple[int, str, int], tuple[Answer, Counter]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -103,7 +94,7 @@ class PostsAtTheDoor:
     ) -> Answer | None:
         """The answer; None when the client left before sending the whole body."""
         deadline = self.submitter.deadline()
-        body_deadline = asyncio.get_running_loop().time() + self.body_timeout_s
+        body_deadline = asyncio.get_running_loop().time() + self.submitter.body_timeout_s
         screened = screen(content_type, key)
         if screened is not None:
             return screened
@@ -113,9 +104,7 @@ class PostsAtTheDoor:
             async with asyncio.timeout_at(body_deadline):
                 body = await _read_body(receive, MAX_BODY_BYTES)
         except TimeoutError:
-            # The client's lateness, not Kafka's: nothing was sent, nothing is counted as a send.
-            self.submitter.posts.refused.labels("408", "body too slow").inc()
-            return self._late_body
+            return self.submitter.late_body()
         except _BodyTooLarge:
             return TOO_LARGE
         except _ClientLeft:

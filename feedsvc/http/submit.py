@@ -110,6 +110,7 @@ class Submitter:
         metrics: Metrics,
         timeout_s: float,
         claims: Claims,
+        body_timeout_s: float | None = None,
     ) -> None:
         self.producer = producer
         self.admission = admission
@@ -117,10 +118,29 @@ class Submitter:
         self.timeout_s = timeout_s
         self.claims = claims
         """Where an Idempotency-Key is bound to its first text (the database)."""
+        self.body_timeout_s = min(
+            timeout_s if body_timeout_s is None else body_timeout_s, timeout_s / 2
+        )
+        """How long a body may take after its head: at most half of a post's time, so that
+        Kafka keeps the rest (README, Limits at the edge)."""
+        self._late_body = Answer.problem(
+            408,
+            f"the body did not arrive within {self.body_timeout_s:g} s of the request's head",
+            "body",
+            headers={"Connection": "close"},
+        )
         self.posts = metrics.posts
         metrics.follow(self.posts.inflight, lambda: admission.inflight)
         metrics.follow(self.posts.writer_backlog, lambda: admission.backlog)
         metrics.follow(self.posts.event_loop_lag, lambda: admission.loop_lag_s)
+
+    def late_body(self) -> Answer:
+        """The answer to a body still unfinished `body_timeout_s` after the head, counted.
+
+        The client's lateness, not Kafka's: nothing was sent, nothing counts as a send.
+        """
+        self.posts.refused.labels("408", "body too slow").inc()
+        return self._late_body
 
     def deadline(self) -> float:
         """When a request arriving now must have its answer, on the event loop's clock."""
@@ -272,7 +292,10 @@ async def post_message(
     answer = screen(request.headers.get("content-type", ""), key)
     if answer is None:
         try:
-            body = await request.body()
+            async with asyncio.timeout(submitter.body_timeout_s):
+                body = await request.body()
+        except TimeoutError:
+            return submitter.late_body().response()
         except RequestEntityTooLarge:
             return TOO_LARGE.response()
         rid = requestid.request_id(request.scope)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from litestar import Litestar, post
+from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.testing import AsyncTestClient
 
@@ -33,6 +34,7 @@ def submitter(
         Metrics(),
         timeout_s=1.0,
         claims=FakeClaims(),
+        body_timeout_s=BODY_TIMEOUT_S,
     )
 
 
@@ -56,9 +58,7 @@ def door_app(sub: Submitter, *, cors: bool = False) -> tuple[Litestar, list[str]
         return {"status": "handler"}
 
     litestar = Litestar([handler], logging_config=None)
-    litestar.asgi_handler = PostsAtTheDoor(
-        litestar.asgi_handler, sub, cors=cors, body_timeout_s=BODY_TIMEOUT_S
-    )
+    litestar.asgi_handler = PostsAtTheDoor(litestar.asgi_handler, sub, cors=cors)
     return litestar, reached
 
 
@@ -190,9 +190,7 @@ async def call(door: PostsAtTheDoor, incoming: list[dict[str, Any]]) -> list[dic
 async def test_a_client_that_leaves_mid_body_gets_nothing_sent() -> None:
     """The body never finished: no Kafka send and no answer written."""
     producer = FakeProducer()
-    door = PostsAtTheDoor(
-        _unreachable, submitter(producer), cors=False, body_timeout_s=BODY_TIMEOUT_S
-    )
+    door = PostsAtTheDoor(_unreachable, submitter(producer), cors=False)
     sent = await call(
         door,
         [
@@ -206,9 +204,7 @@ async def test_a_client_that_leaves_mid_body_gets_nothing_sent() -> None:
 async def test_a_body_too_large_without_content_length_is_413() -> None:
     """Chunks adding up past the limit: 413 once the limit is passed, nothing sent."""
     producer = FakeProducer()
-    door = PostsAtTheDoor(
-        _unreachable, submitter(producer), cors=False, body_timeout_s=BODY_TIMEOUT_S
-    )
+    door = PostsAtTheDoor(_unreachable, submitter(producer), cors=False)
     half = b"x" * (MAX_BODY_BYTES // 2 + 1)
     chunk = {"type": "http.request", "body": half, "more_body": True}
     sent = await call(door, [chunk, dict(chunk)])
@@ -233,7 +229,7 @@ async def test_a_body_slower_than_its_timeout_is_408_and_no_kafka_error() -> Non
     """A body still unfinished at its timeout: 408 naming the body; nothing sent, no send error."""
     producer = FakeProducer()
     sub = submitter(producer)
-    door = PostsAtTheDoor(_unreachable, sub, cors=False, body_timeout_s=BODY_TIMEOUT_S)
+    door = PostsAtTheDoor(_unreachable, sub, cors=False)
     sent: list[dict[str, Any]] = []
     first = [{"type": "http.request", "body": b'{"author":"a",', "more_body": True}]
 
@@ -259,3 +255,50 @@ async def test_a_body_slower_than_its_timeout_is_408_and_no_kafka_error() -> Non
     assert producer.calls == 0
     errors = [m for m in sub.metrics.registry.collect() if m.name == "feedsvc_kafka_send_errors"]
     assert [sample for family in errors for sample in family.samples] == []
+
+
+async def test_a_cross_origin_body_slower_than_its_timeout_is_408_with_cors_headers() -> None:
+    """A post with an Origin goes to the handler, whose body read has the same deadline."""
+    producer = FakeProducer()
+    sub = submitter(producer)
+    allowed = "https://app.example"
+    litestar = Litestar(
+        [post_message],
+        dependencies={"submitter": Provide(lambda: sub, use_cache=True, sync_to_thread=False)},
+        exception_handlers=exception_handlers(),
+        cors_config=CORSConfig(allow_origins=[allowed]),
+        logging_config=None,
+    )
+    litestar.asgi_handler = PostsAtTheDoor(litestar.asgi_handler, sub, cors=True)
+    first = [{"type": "http.request", "body": b'{"author":"a",', "more_body": True}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> Any:
+        if first:
+            return first.pop()
+        await asyncio.Event().wait()  # the rest never comes
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope: Any = {
+        "type": "http",
+        "method": "POST",
+        "path": "/messages",
+        "raw_path": b"/messages",
+        "query_string": b"",
+        "root_path": "",
+        "scheme": "http",
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 50000),
+        "http_version": "1.1",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "headers": [(b"content-type", b"application/json"), (b"origin", allowed.encode())],
+        "state": {},
+    }
+    await asyncio.wait_for(litestar(scope, receive, send), 5)
+    start, body = sent[0], sent[-1]
+    assert start["status"] == 408
+    assert (b"access-control-allow-origin", allowed.encode()) in start["headers"]
+    assert json.loads(body["body"])["field"] == "body"
+    assert producer.calls == 0
