@@ -14,8 +14,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import psycopg
 import pytest
 
 from devstack import Stack
+from tests.e2e.posting import Poster
 from tests.support import log_of, native_only, stored_ids, wait_for
 
 # Every drill stops or freezes a server, kills a process of a stack of its own, or
@@ -36,57 +36,6 @@ MakeStack = Callable[..., Stack]
 
 def _author() -> str:
     return "d_" + uuid.uuid4().hex[:20]
-
-
-class Stream:
-    """Posts messages of one author from a few workers until stopped; keeps the 202 ids.
-
-    Note: a refused or unanswered POST (api restarting, connection reset) is counted,
-    not raised: drills judge the outcome by which ids were accepted and stored.
-    """
-
-    def __init__(self, url: str, author: str, workers: int = 8) -> None:
-        self.url = url
-        self.author = author
-        self.workers = workers
-        self.accepted: list[str] = []
-        self.statuses: dict[int, int] = {}
-        self.errors = 0
-        self._stopping = anyio.Event()
-
-    async def _worker(self, http: httpx.AsyncClient) -> None:
-        while not self._stopping.is_set():
-            body = {"author": self.author, "text": f"m {len(self.accepted)}"}
-            try:
-                r = await http.post("/messages", json=body)
-            except httpx.TransportError:
-                self.errors += 1
-                await anyio.sleep(0.05)
-                continue
-            self.statuses[r.status_code] = self.statuses.get(r.status_code, 0) + 1
-            if r.status_code == 202:
-                self.accepted.append(r.json()["id"])
-            else:
-                await anyio.sleep(0.02)
-
-    async def until(self, accepted: int, within: float) -> None:
-        """Wait until at least `accepted` messages in all were accepted."""
-        await wait_for(
-            _const(len, self.accepted), lambda n: n >= accepted, within, f"{accepted} accepted"
-        )
-
-    @asynccontextmanager
-    async def running(self) -> AsyncIterator[Stream]:
-        async with (
-            httpx.AsyncClient(base_url=self.url, timeout=30) as http,
-            anyio.create_task_group() as tg,
-        ):
-            for _ in range(self.workers):
-                tg.start_soon(self._worker, http)
-            try:
-                yield self
-            finally:
-                self._stopping.set()
 
 
 def _const(f: Callable[[Any], int], arg: Any) -> Callable[[], Any]:
@@ -159,7 +108,7 @@ async def test_writer_killed_mid_stream_loses_nothing(make_stack: MakeStack) -> 
         "SELECT pg_reload_conf()",
     )
     writer = stack.service("writer")
-    async with Stream(stack.api_url, author).running() as stream:
+    async with Poster(stack.api_url, author).running() as stream:
         await wait_for(
             lambda: stored_ids(stack, author), lambda ids: len(ids) >= 50, 30, "a first batch"
         )
@@ -226,7 +175,7 @@ async def test_database_down_backlog_gives_429_then_drains(make_stack: MakeStack
     # answers (README, "Front door": readiness and the proxy).
     direct = stack.replica_url()
     try:
-        async with Stream(direct, author).running() as stream:
+        async with Poster(direct, author).running() as stream:
             await wait_for(
                 _const(lambda s: s.get(429, 0), stream.statuses),
                 lambda n: n >= 5,
@@ -357,7 +306,7 @@ async def test_sigterm_writer_and_api_exit_cleanly(make_stack: MakeStack) -> Non
     writer = stack.service("writer")
     api = stack.service("api")
     # Past the proxy: what is judged is this process's answers while it shuts down.
-    async with Stream(stack.replica_url(), author).running() as stream:
+    async with Poster(stack.replica_url(), author).running() as stream:
         await wait_for(
             lambda: stored_ids(stack, author), lambda ids: len(ids) >= 50, 30, "a first batch"
         )

@@ -11,8 +11,7 @@ import json
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 
 import anyio
 import httpx
@@ -22,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from bench.feedstream import FeedStream
 from devstack import Stack
 from devstack.procs import signal_pid
+from tests.e2e.posting import Poster
 from tests.support import SseReader, native_only, stored_ids, wait_for
 
 pytestmark = [pytest.mark.stack, native_only]
@@ -39,49 +39,6 @@ def probe(read: Callable[[], int]) -> Callable[[], Awaitable[int]]:
         return read()
 
     return value
-
-
-class Poster:
-    """Posts one author's messages through the proxy at a modest rate; keeps every answer.
-
-    Note: a POST cut by the replica's death is counted, not raised: the drill judges by
-    which ids were accepted (202) and whether they are stored.
-    """
-
-    def __init__(self, url: str, author: str, workers: int = 4, pause_s: float = 0.05) -> None:
-        self.url, self.author, self.workers, self.pause_s = url, author, workers, pause_s
-        self.accepted: list[str] = []
-        self.answers: list[tuple[float, int]] = []  # (monotonic time answered, status or 0)
-        self._stopping = anyio.Event()
-
-    async def _worker(self, http: httpx.AsyncClient) -> None:
-        while not self._stopping.is_set():
-            body = {"author": self.author, "text": f"m {len(self.answers)}"}
-            try:
-                r = await http.post("/messages", json=body)
-                status = r.status_code
-            except httpx.TransportError:
-                status = 0
-            self.answers.append((time.monotonic(), status))
-            if status == 202:
-                self.accepted.append(r.json()["id"])
-            await anyio.sleep(self.pause_s)
-
-    def accepted_after(self, moment: float) -> int:
-        return sum(1 for at, status in self.answers if at > moment and status == 202)
-
-    @asynccontextmanager
-    async def running(self) -> AsyncIterator[Poster]:
-        async with (
-            httpx.AsyncClient(base_url=self.url, timeout=30) as http,
-            anyio.create_task_group() as tg,
-        ):
-            for _ in range(self.workers):
-                tg.start_soon(self._worker, http)
-            try:
-                yield self
-            finally:
-                self._stopping.set()
 
 
 async def committed_order(stack: Stack, author: str) -> list[str]:
@@ -130,7 +87,7 @@ async def test_replica_killed_loses_nothing_and_every_stream_resumes(
     author = "fd_" + uuid.uuid4().hex[:20]
     streams = await open_streams(stack.api_url, STREAMS)
     try:
-        async with Poster(stack.api_url, author).running() as poster:
+        async with Poster(stack.api_url, author, workers=4, pause_s=0.05).running() as poster:
             await wait_for(
                 probe(lambda: len(poster.accepted)), lambda n: n >= 50, 30, "50 accepted"
             )
