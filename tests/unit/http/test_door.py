@@ -23,6 +23,8 @@ from tests.unit.http.fakes import FakeClaims, FakeProducer, sample
 BODY = {"author": "ada", "text": "hello"}
 JSON = {"Content-Type": "application/json"}
 BODY_TIMEOUT_S = 0.2
+PARTIAL_BODY = {"type": "http.request", "body": b'{"author":"a",', "more_body": True}
+"""The start of a body whose rest is still to come."""
 
 
 def submitter(
@@ -166,13 +168,18 @@ async def test_the_door_answers_as_the_handler_does(headers: dict[str, str], bod
         assert "location" not in by_door.headers
 
 
-async def call(door: PostsAtTheDoor, incoming: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """What the door sends for a POST /messages whose body comes as `incoming`, with no
-    Content-Length (as a chunked request comes)."""
+async def call(
+    app: Any, incoming: list[dict[str, Any]], headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> list[dict[str, Any]]:
+    """What `app` sends for a POST /messages whose body comes as `incoming`, with no
+    Content-Length (as a chunked request comes); when `incoming` runs out, the rest of
+    the body never comes."""
     sent: list[dict[str, Any]] = []
 
     async def receive() -> Any:
-        return incoming.pop(0)
+        if incoming:
+            return incoming.pop(0)
+        await asyncio.Event().wait()  # the rest never comes
 
     async def send(message: Any) -> None:
         sent.append(message)
@@ -181,9 +188,18 @@ async def call(door: PostsAtTheDoor, incoming: list[dict[str, Any]]) -> list[dic
         "type": "http",
         "method": "POST",
         "path": "/messages",
-        "headers": [(b"content-type", b"application/json")],
+        "raw_path": b"/messages",
+        "query_string": b"",
+        "root_path": "",
+        "scheme": "http",
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 50000),
+        "http_version": "1.1",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "headers": [(b"content-type", b"application/json"), *headers],
+        "state": {},
     }
-    await door(scope, receive, send)
+    await asyncio.wait_for(app(scope, receive, send), 5)
     return sent
 
 
@@ -230,25 +246,7 @@ async def test_a_body_slower_than_its_timeout_is_408_and_no_kafka_error() -> Non
     producer = FakeProducer()
     sub = submitter(producer)
     door = PostsAtTheDoor(_unreachable, sub, cors=False)
-    sent: list[dict[str, Any]] = []
-    first = [{"type": "http.request", "body": b'{"author":"a",', "more_body": True}]
-
-    async def receive() -> Any:
-        if first:
-            return first.pop()
-        await asyncio.Event().wait()  # the rest never comes
-
-    async def send(message: Any) -> None:
-        sent.append(message)
-
-    scope: Any = {
-        "type": "http",
-        "method": "POST",
-        "path": "/messages",
-        "headers": [(b"content-type", b"application/json")],
-    }
-    await asyncio.wait_for(door(scope, receive, send), 5)
-    start, body = sent
+    start, body = await call(door, [PARTIAL_BODY])
     assert start["status"] == 408
     assert (b"connection", b"close") in start["headers"]
     assert json.loads(body["body"])["field"] == "body"
@@ -270,33 +268,7 @@ async def test_a_cross_origin_body_slower_than_its_timeout_is_408_with_cors_head
         logging_config=None,
     )
     litestar.asgi_handler = PostsAtTheDoor(litestar.asgi_handler, sub, cors=True)
-    first = [{"type": "http.request", "body": b'{"author":"a",', "more_body": True}]
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> Any:
-        if first:
-            return first.pop()
-        await asyncio.Event().wait()  # the rest never comes
-
-    async def send(message: Any) -> None:
-        sent.append(message)
-
-    scope: Any = {
-        "type": "http",
-        "method": "POST",
-        "path": "/messages",
-        "raw_path": b"/messages",
-        "query_string": b"",
-        "root_path": "",
-        "scheme": "http",
-        "server": ("127.0.0.1", 8000),
-        "client": ("127.0.0.1", 50000),
-        "http_version": "1.1",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "headers": [(b"content-type", b"application/json"), (b"origin", allowed.encode())],
-        "state": {},
-    }
-    await asyncio.wait_for(litestar(scope, receive, send), 5)
+    sent = await call(litestar, [PARTIAL_BODY], ((b"origin", allowed.encode()),))
     start, body = sent[0], sent[-1]
     assert start["status"] == 408
     assert (b"access-control-allow-origin", allowed.encode()) in start["headers"]
