@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import anyio
 import psycopg
 
-from feedsvc import kafka, schema
+from feedsvc import kafka, schema, tracing
 from feedsvc.config import Settings
 from feedsvc.http.admission import Admission
 from feedsvc.http.app import ApiParts, create_app
@@ -103,6 +103,8 @@ async def api(settings: Settings, listen: Callable[[], socket.socket]) -> None:
     metrics = Metrics()
     admission = Admission(settings.max_inflight, settings.max_backlog)
     async with (
+        # First: it instruments the Kafka and database clients, which must be made after.
+        tracing.opened(tracing.API, os.environ) as traced,
         open_pool(settings, "api") as pool,
         kafka.producer(settings, linger_ms=2) as producer,
         kafka.admin(settings) as admin_client,
@@ -136,13 +138,14 @@ async def api(settings: Settings, listen: Callable[[], socket.socket]) -> None:
                 settings.kafka_timeout_s,
                 claims,
                 body_timeout_s=settings.body_timeout_s,
+                tracing=traced,
             ),
             admission=admission,
             metrics=metrics,
             reader=reader,
             fanout=fanout,
         )
-        config = uvicorn_config(create_app(parts), settings)
+        config = uvicorn_config(create_app(parts, traced), settings)
         # uvicorn re-raises the signal it caught once it has shut down; a no-op
         # handler lets our own `async with` blocks close Kafka and the pool after it.
         signal.signal(signal.SIGTERM, lambda *_: None)
@@ -187,6 +190,7 @@ async def writer(settings: Settings) -> None:
         metrics.served(
             settings.host, settings.writer_metrics_port, lambda: any(w.ready for w in started)
         ),
+        tracing.opened(tracing.WRITER, os.environ, consumer_spans=True) as traced,
         open_pool(settings, "writer") as pool,
         kafka.producer(settings) as dlq,
         kafka.writer_consumer(settings) as consumer,
@@ -202,6 +206,7 @@ async def writer(settings: Settings) -> None:
             batch=settings.writer_batch,
             linger_ms=settings.writer_linger_ms,
             kafka_timeout_s=settings.kafka_timeout_s,
+            tracing=traced,
         )
         started.append(work)
         await work.run(stopping)

@@ -22,6 +22,7 @@ from feedsvc.metrics import Metrics
 from feedsvc.relay.fanout import Fanout
 from feedsvc.relay.reader import CommittedReader
 from feedsvc.store import MessageStore
+from feedsvc.tracing import OFF, Tracing
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,11 @@ def _provide(value: Any) -> Provide:
     return Provide(lambda: value, use_cache=True, sync_to_thread=False)
 
 
-def create_app(parts: ApiParts) -> Litestar:
-    """The HTTP api over already-open resources; it opens nothing itself."""
+def create_app(parts: ApiParts, tracing: Tracing = OFF) -> Litestar:
+    """The HTTP api over already-open resources; it opens nothing itself.
+
+    Note: with `tracing` on, each request gets a server span (docs/tracing.md).
+    """
     origins = parts.settings.cors_origin_list
     handlers = [
         pages.index,
@@ -88,6 +92,7 @@ def create_app(parts: ApiParts) -> Litestar:
     # but not the access log (http/door.py).
     heads = methods.HeadAndAllow(app.asgi_handler)
     door = PostsAtTheDoor(heads, parts.submitter, cors=bool(origins))
-    # Outermost: the access log line and every answer carry the request's id.
-    app.asgi_handler = RequestIds(AccessLog(door, parts.metrics.http))
+    # Outermost: the access log line and every answer carry the request's id; the server
+    # span inside it, so that the span has the id too.
+    app.asgi_handler = RequestIds(tracing.around_http(AccessLog(door, parts.metrics.http)))
     return app

@@ -16,6 +16,7 @@ from feedsvc.ingest.deadletters import DeadLetters
 from feedsvc.ingest.isolation import Store, insert_isolating
 from feedsvc.ingest.retry import BatchAbandoned, until_done
 from feedsvc.metrics import Metrics
+from feedsvc.tracing import OFF, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,10 @@ class Writer:
         batch: int,
         linger_ms: int,
         kafka_timeout_s: float,
+        tracing: Tracing = OFF,
     ) -> None:
         self.source = source
+        self.tracing = tracing
         self.store = store
         self.dead_letters = dead_letters
         self.metrics = metrics
@@ -130,6 +133,10 @@ class Writer:
 
     async def handle(self, records: Sequence[Record], stopping: anyio.Event) -> None:
         """decode → insert (refused rows isolated) → dead letters → commit, in that order."""
+        with self.tracing.batch(records):
+            await self._handle(records, stopping)
+
+    async def _handle(self, records: Sequence[Record], stopping: anyio.Event) -> None:
         self.counts.batch_size.observe(len(records))
         batch = decode_batch(records)
         started = time.perf_counter()
