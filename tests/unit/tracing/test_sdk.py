@@ -1,0 +1,109 @@
+"""Tracing on, against a real OTLP/HTTP receiver: the spans, their attributes and their links."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from devstack.otlp import Receiver, Span, receiving
+from feedsvc import tracing
+from feedsvc.http.requestid import RequestIds
+from feedsvc.kafka import REQUEST_ID_HEADER, SUBMITTED
+from tests.unit.ingest.fakes import Record
+
+TRACE = "0af7651916cd43dd8448eb211c80319c"
+PARENTS = ["b7ad6b7169203331", "00f067aa0ba902b7"]
+
+
+@pytest.fixture
+def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
+    """A receiver, and the SDK's variables pointing at it (the exporter reads os.environ)."""
+    with receiving() as got:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", got.url)
+        monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+        monkeypatch.delenv("OTEL_TRACES_SAMPLER", raising=False)
+        yield got
+
+
+def _named(spans: list[Span], name: str) -> Span:
+    found = [s for s in spans if s.name == name]
+    assert len(found) == 1, [s.name for s in spans]
+    return found[0]
+
+
+def _record(offset: int, parent: str | None, rid: str | None) -> Record:
+    headers: list[tuple[str, bytes]] = []
+    if rid is not None:
+        headers.append((REQUEST_ID_HEADER, rid.encode()))
+    if parent is not None:
+        headers.append(("traceparent", f"00-{TRACE}-{parent}-01".encode()))
+    return Record(SUBMITTED, offset % 2, offset, b"ada", b"{}", tuple(headers))
+
+
+async def test_a_batch_span_links_to_each_records_producer(receiver: Receiver) -> None:
+    """One span per batch, linked to every record's `traceparent`, with its request id,
+    the batch's size and each partition's offsets."""
+    records = [
+        _record(10, PARENTS[0], "r-10"),
+        _record(11, PARENTS[1], None),
+        _record(12, None, "x"),
+    ]
+    async with tracing.opened(tracing.WRITER, {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url}) as on:
+        with on.batch(records):
+            pass
+    batch = _named(receiver.spans, f"process {SUBMITTED}")
+    assert batch.service == "feedsvc-writer"
+    assert batch.attributes["messaging.batch.message_count"] == 3
+    assert batch.attributes["feedsvc.offsets"] == ["0:10-12", "1:11-11"]
+    assert [(link.trace_id, link.span_id) for link in batch.links] == [(TRACE, p) for p in PARENTS]
+    assert batch.links[0].attributes["feedsvc.request_id"] == "r-10"
+    assert batch.links[0].attributes["messaging.kafka.offset"] == 10
+    assert batch.trace_id != TRACE  # a batch has many parents: links, not one of them
+
+
+async def test_a_produce_span_names_its_message_and_request(receiver: Receiver) -> None:
+    """The produce span carries the message id and the request id."""
+    async with tracing.opened(tracing.API, {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url}) as on:
+        with on.produce("m-1", "r-1"):
+            pass
+    produce = _named(receiver.spans, f"produce {SUBMITTED}")
+    assert produce.service == "feedsvc-api"
+    assert produce.attributes["feedsvc.message_id"] == "m-1"
+    assert produce.attributes["feedsvc.request_id"] == "r-1"
+
+
+async def test_a_request_gets_a_server_span_with_its_request_id(receiver: Receiver) -> None:
+    """Each HTTP request is a server span named by its route, with the request's id."""
+    inner: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        inner.append(scope["path"])
+        await send({"type": "http.response.start", "status": 202, "headers": []})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async with tracing.opened(tracing.API, {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url}) as on:
+        traced = RequestIds(on.around_http(app))
+        for path in ("/messages", "/messages/7f1c"):
+            scope: Any = {
+                "type": "http",
+                "method": "POST",
+                "path": path,
+                "headers": [(b"x-request-id", b"rid-42")],
+                "asgi": {"version": "3.0"},
+            }
+
+            async def receive() -> Any:
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            async def send(message: Any) -> None:
+                pass
+
+            await traced(scope, receive, send)
+    assert inner == ["/messages", "/messages/7f1c"]
+    spans = receiver.spans
+    server = _named(spans, "POST /messages")
+    assert server.kind == 2  # SPAN_KIND_SERVER
+    assert server.attributes["feedsvc.request_id"] == "rid-42"
+    assert _named(spans, "POST /messages/{id}").attributes["feedsvc.request_id"] == "rid-42"
