@@ -36,6 +36,9 @@ MAX_LINKS = 1000
 batch, and `FEED_WRITER_BATCH` is 500 by default (the SDK's own default keeps 128)."""
 REQUEST_ID = "feedsvc.request_id"
 MESSAGE_ID = "feedsvc.message_id"
+QUIET_URLS = "/health/,/metrics"
+"""No server span for probes and scrapes (every few seconds each), unless
+`OTEL_PYTHON_ASGI_EXCLUDED_URLS` or `OTEL_PYTHON_EXCLUDED_URLS` says otherwise."""
 _ROUTES = frozenset({"/messages", "/feed", "/health/live", "/health/ready", "/metrics", "/"})
 
 
@@ -59,8 +62,9 @@ _GETTER = Getter()
 class On:
     """Tracing on: spans go to the provider's batch processor, and from it to the exporter."""
 
-    def __init__(self, provider: TracerProvider) -> None:
+    def __init__(self, provider: TracerProvider, quiet_urls: str = QUIET_URLS) -> None:
         self.provider = provider
+        self.quiet_urls = quiet_urls
         self.tracer = provider.get_tracer("feedsvc")
 
     def around_http(self, app: ASGIApp) -> ASGIApp:
@@ -68,6 +72,7 @@ class On:
         middleware: ASGIApp = OpenTelemetryMiddleware(
             app,
             tracer_provider=self.provider,
+            excluded_urls=self.quiet_urls,
             exclude_spans=["receive", "send"],
             default_span_details=_span_details,
             server_request_hook=_with_request_id,
@@ -158,7 +163,10 @@ async def started(
     database.instrument(tracer_provider=provider, enable_commenter=False)
     log.info("tracing on", extra={"service": name})
     try:
-        yield On(provider)
+        quiet = environ.get(
+            "OTEL_PYTHON_ASGI_EXCLUDED_URLS", environ.get("OTEL_PYTHON_EXCLUDED_URLS", QUIET_URLS)
+        )
+        yield On(provider, quiet)
     finally:
         kafka.uninstrument()  # unwrapping what is no longer wrapped is a no-op
         database.uninstrument()

@@ -75,7 +75,8 @@ async def test_a_produce_span_names_its_message_and_request(receiver: Receiver) 
 
 
 async def test_a_request_gets_a_server_span_with_its_request_id(receiver: Receiver) -> None:
-    """Each HTTP request is a server span named by its route, with the request's id."""
+    """Each HTTP request is a server span named by its route, with the request's id; probes
+    and scrapes are not traced."""
     inner: list[str] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -85,7 +86,7 @@ async def test_a_request_gets_a_server_span_with_its_request_id(receiver: Receiv
 
     async with tracing.opened(tracing.API, {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url}) as on:
         traced = RequestIds(on.around_http(app))
-        for path in ("/messages", "/messages/7f1c"):
+        for path in ("/messages", "/messages/7f1c", "/health/ready", "/metrics"):
             scope: Any = {
                 "type": "http",
                 "method": "POST",
@@ -101,8 +102,9 @@ async def test_a_request_gets_a_server_span_with_its_request_id(receiver: Receiv
                 pass
 
             await traced(scope, receive, send)
-    assert inner == ["/messages", "/messages/7f1c"]
+    assert inner == ["/messages", "/messages/7f1c", "/health/ready", "/metrics"]
     spans = receiver.spans
+    assert sorted(s.name for s in spans) == ["POST /messages", "POST /messages/{id}"]
     server = _named(spans, "POST /messages")
     assert server.kind == 2  # SPAN_KIND_SERVER
     assert server.attributes["feedsvc.request_id"] == "rid-42"
