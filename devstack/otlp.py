@@ -4,11 +4,19 @@ It decodes each `ExportTraceServiceRequest` (protobuf, as the SDK's OTLP/HTTP ex
 sends it) and keeps the spans for a test to read. A Collector's binary cannot be
 installed here; this speaks the same protocol on the same path
 (https://opentelemetry.io/docs/specs/otlp/#otlphttp-request).
+
+    python -m devstack.otlp [--port 4318] [--count-only]
+
+serves until SIGINT or SIGTERM and prints how many export requests and spans arrived;
+`--count-only` skips decoding, so that a benchmark's receiver costs the machine little.
 """
 
 from __future__ import annotations
 
+import argparse
 import gzip
+import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -94,6 +102,7 @@ class Receiver:
         self._lock = threading.Lock()
         self._spans: list[Span] = []
         self.requests = 0
+        self.bytes = 0
         self.url = ""
         """The base URL to give as `OTEL_EXPORTER_OTLP_ENDPOINT` (the SDK adds the path)."""
 
@@ -102,13 +111,14 @@ class Receiver:
         with self._lock:
             return list(self._spans)
 
-    def add(self, spans: list[Span]) -> None:
+    def add(self, spans: list[Span], size: int) -> None:
         with self._lock:
             self._spans.extend(spans)
             self.requests += 1
+            self.bytes += size
 
 
-def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
+def _handler(receiver: Receiver, count_only: bool) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -117,7 +127,7 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             if self.path != PATH:
                 self.send_error(404)
                 return
-            receiver.add(decode(body))
+            receiver.add([] if count_only else decode(body), len(body))
             answer = ExportTraceServiceResponse().SerializeToString()
             self.send_response(200)
             self.send_header("Content-Type", "application/x-protobuf")
@@ -132,10 +142,12 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def receiving(host: str = "127.0.0.1") -> Iterator[Receiver]:
-    """A receiver listening on a free port until the block ends."""
+def receiving(
+    host: str = "127.0.0.1", port: int = 0, count_only: bool = False
+) -> Iterator[Receiver]:
+    """A receiver listening on `port` (0: a free one) until the block ends."""
     receiver = Receiver()
-    server = ThreadingHTTPServer((host, 0), _handler(receiver))
+    server = ThreadingHTTPServer((host, port), _handler(receiver, count_only))
     receiver.url = f"http://{host}:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, name="otlp-receiver", daemon=True)
     thread.start()
@@ -144,3 +156,24 @@ def receiving(host: str = "127.0.0.1") -> Iterator[Receiver]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def main(argv: list[str]) -> int:
+    """Serve until interrupted; then print what arrived."""
+    parser = argparse.ArgumentParser(prog="python -m devstack.otlp")
+    parser.add_argument("--port", type=int, default=4318, help="4318: OTLP/HTTP's own port")
+    parser.add_argument("--count-only", action="store_true", help="count requests, decode none")
+    opts = parser.parse_args(argv)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    with receiving(port=opts.port, count_only=opts.count_only) as receiver:
+        print(f"OTEL_EXPORTER_OTLP_ENDPOINT={receiver.url}", file=sys.stderr, flush=True)
+        stop.wait()
+    spans = "not decoded" if opts.count_only else len(receiver.spans)
+    print(f"requests={receiver.requests} bytes={receiver.bytes} spans={spans}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
