@@ -190,7 +190,7 @@ async def writer(settings: Settings) -> None:
         metrics.served(
             settings.host, settings.writer_metrics_port, lambda: any(w.ready for w in started)
         ),
-        tracing.opened(tracing.WRITER, os.environ, consumer_spans=True) as traced,
+        tracing.opened(tracing.WRITER, os.environ, kafka_spans=True) as traced,
         open_pool(settings, "writer") as pool,
         kafka.producer(settings) as dlq,
         kafka.writer_consumer(settings) as consumer,

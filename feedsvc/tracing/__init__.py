@@ -27,9 +27,11 @@ class Tracing(Protocol):
         """`app` with a server span around each HTTP request (or `app` itself)."""
         ...
 
-    def produce(self, message_id: object, request_id: str | None) -> AbstractContextManager[Any]:
-        """A span from a post's send to Kafka's acknowledgement; the record's headers
-        carry its context (W3C `traceparent`) beside the request id."""
+    def produce(
+        self, message_id: object, request_id: str | None, headers: list[tuple[str, bytes]]
+    ) -> AbstractContextManager[Any]:
+        """A span from a post's send to Kafka's acknowledgement; its context (W3C
+        `traceparent`) is added to `headers`, the record's, beside the request id."""
         ...
 
     def batch(self, records: Sequence[Any]) -> AbstractContextManager[Any]:
@@ -46,7 +48,9 @@ class Off:
     def around_http(self, app: ASGIApp) -> ASGIApp:
         return app
 
-    def produce(self, message_id: object, request_id: str | None) -> AbstractContextManager[Any]:
+    def produce(
+        self, message_id: object, request_id: str | None, headers: list[tuple[str, bytes]]
+    ) -> AbstractContextManager[Any]:
         return _NOTHING
 
     def batch(self, records: Sequence[Any]) -> AbstractContextManager[Any]:
@@ -65,19 +69,20 @@ def configured(environ: Mapping[str, str]) -> bool:
 
 @asynccontextmanager
 async def opened(
-    service: str, environ: Mapping[str, str], *, consumer_spans: bool = False
+    service: str, environ: Mapping[str, str], *, kafka_spans: bool = False
 ) -> AsyncIterator[Tracing]:
     """This process's tracing, from the standard `OTEL_*` variables; flushed (bounded) at exit.
 
     Note: the SDK reads its own variables (sampler, headers, timeouts), as the
-    specification has it, so they are not `FEED_*` settings. `consumer_spans` keeps the
-    aiokafka instrumentation's per-record receive spans (the writer's); the api's relay
-    reads the changefeed, whose records carry no context, so it has none.
+    specification has it, so they are not `FEED_*` settings. `kafka_spans` adds the
+    aiokafka instrumentation (the writer's per-record receive spans and dead-letter sends);
+    the api puts its own produce span's context into the record, and its relay reads the
+    changefeed, whose records carry no context.
     """
     if not configured(environ):
         yield OFF
         return
     from feedsvc.tracing import sdk  # only now: off, nothing of the SDK is imported
 
-    async with sdk.started(service, environ, consumer_spans=consumer_spans) as on:
+    async with sdk.started(service, environ, kafka_spans=kafka_spans) as on:
         yield on

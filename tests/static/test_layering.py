@@ -6,7 +6,8 @@ sits in one layer and imports only from its own layer or the ones below it:
 
 0. foundation: `messages` (every wire shape) and `config` (the settings). They import
    nothing else of `feedsvc`.
-1. adapters: `kafka`, `store`, `schema` (the brokers and the database), `logs`, `metrics`.
+1. adapters: `kafka`, `store`, `schema` (the brokers and the database), `logs`, `metrics`,
+   `tracing`.
 2. stages: `http`, `ingest`, `relay` (the pipeline steps).
 3. roots: `roles`, `__main__`, `workers` and `http.app`, which start the processes,
    open the resources and wire the stages; nothing below a root imports it.
@@ -43,6 +44,7 @@ LAYERS: dict[str, int] = {
     "feedsvc.schema": ADAPTER,
     "feedsvc.logs": ADAPTER,
     "feedsvc.metrics": ADAPTER,
+    "feedsvc.tracing": ADAPTER,  # spans, when on; imported by the stages it traces
     "feedsvc.http": STAGE,
     "feedsvc.ingest": STAGE,
     "feedsvc.relay": STAGE,

@@ -63,13 +63,18 @@ async def test_a_batch_span_links_to_each_records_producer(receiver: Receiver) -
     assert batch.trace_id != TRACE  # a batch has many parents: links, not one of them
 
 
-async def test_a_produce_span_names_its_message_and_request(receiver: Receiver) -> None:
-    """The produce span carries the message id and the request id."""
+async def test_a_produce_span_goes_into_the_records_headers(receiver: Receiver) -> None:
+    """The send span carries the message id and the request id, and its context goes into
+    the record's headers as a W3C `traceparent`, beside the request id."""
+    headers = [(REQUEST_ID_HEADER, b"r-1")]
     async with tracing.opened(tracing.API, {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url}) as on:
-        with on.produce("m-1", "r-1"):
+        with on.produce("m-1", "r-1", headers):
             pass
-    produce = _named(receiver.spans, f"produce {SUBMITTED}")
-    assert produce.service == "feedsvc-api"
+    produce = _named(receiver.spans, f"send {SUBMITTED}")
+    assert produce.service == "feedsvc-api" and produce.kind == 4  # SPAN_KIND_PRODUCER
+    [(_, rid), (name, traceparent)] = headers
+    assert rid == b"r-1" and name == "traceparent"
+    assert traceparent.startswith(f"00-{produce.trace_id}-{produce.span_id}-".encode())
     assert produce.attributes["feedsvc.message_id"] == "m-1"
     assert produce.attributes["feedsvc.request_id"] == "r-1"
 

@@ -25,7 +25,7 @@ from feedsvc.metrics import Metrics
 async def main() -> None:
     async with (
         tracing.opened(tracing.API, os.environ) as api,
-        tracing.opened(tracing.WRITER, os.environ, consumer_spans=True) as writer,
+        tracing.opened(tracing.WRITER, os.environ, kafka_spans=True) as writer,
     ):
         unused = {f.name: cast(Any, None) for f in dataclasses.fields(ApiParts)}
         metrics = Metrics()
@@ -105,4 +105,6 @@ async def test_off_every_hook_is_a_no_op() -> None:
         async def app(scope: object, receive: object, send: object) -> None: ...
 
         assert off.around_http(app) is app
-        assert off.produce("id", "rid") is off.batch([])
+        headers: list[tuple[str, bytes]] = []
+        assert off.produce("id", "rid", headers) is off.batch([])
+        assert headers == []
