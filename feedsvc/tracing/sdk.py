@@ -101,7 +101,7 @@ class On:
             f"send {SUBMITTED}", kind=SpanKind.PRODUCER, attributes=attributes
         ):
             # Our own, not the aiokafka instrumentation's: its send wrapper works out the
-            # record's partition again, and doubled the api's CPU per post (docs/tracing.md).
+            # record's partition a second time, and it would wrap the relay's consumer too.
             propagate.inject(headers, setter=_SETTER)
             yield
 
