@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +13,7 @@ from devstack.otlp import Receiver, Span, receiving
 from feedsvc import tracing
 from feedsvc.http.requestid import RequestIds
 from feedsvc.kafka import REQUEST_ID_HEADER, SUBMITTED
+from feedsvc.tracing import sdk
 from tests.unit.ingest.fakes import Record
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -114,3 +117,20 @@ async def test_a_request_gets_a_server_span_with_its_request_id(receiver: Receiv
     assert server.kind == 2  # SPAN_KIND_SERVER
     assert server.attributes["feedsvc.request_id"] == "rid-42"
     assert _named(spans, "POST /messages/{id}").attributes["feedsvc.request_id"] == "rid-42"
+
+
+async def test_exit_waits_at_most_the_flush_bound_for_a_silent_receiver(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A receiver that takes the connection and never answers holds the exit for at most
+    `FLUSH_S` (then the spans are dropped), not the exporter's own timeouts and retries."""
+    with socket.create_server(("127.0.0.1", 0), backlog=8) as silent:  # never accepts
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "30")
+        async with tracing.opened(tracing.WRITER, {"OTEL_EXPORTER_OTLP_ENDPOINT": url}) as on:
+            with on.batch([_record(1, PARENTS[0], "r")]):
+                pass
+            began = time.monotonic()
+        took = time.monotonic() - began
+    assert sdk.FLUSH_S - 0.5 < took < sdk.FLUSH_S + 2
