@@ -134,3 +134,23 @@ async def test_exit_waits_at_most_the_flush_bound_for_a_silent_receiver(
             began = time.monotonic()
         took = time.monotonic() - began
     assert sdk.FLUSH_S - 0.5 < took < sdk.FLUSH_S + 2
+
+
+async def test_composes_empty_variables_leave_the_endpoint_in_charge(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """compose.yaml passes the unset OTEL_* as empty strings: spans still reach the endpoint."""
+    compose_defaults = {
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "",
+        "OTEL_EXPORTER_OTLP_HEADERS": "",
+        "OTEL_RESOURCE_ATTRIBUTES": "",
+        "OTEL_TRACES_SAMPLER": "parentbased_always_on",
+        "OTEL_TRACES_SAMPLER_ARG": "1.0",
+    }
+    for name, value in compose_defaults.items():
+        monkeypatch.setenv(name, value)
+    environ = {**compose_defaults, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url}
+    async with tracing.opened(tracing.API, environ) as on:
+        with on.produce("m-2", None, []):
+            pass
+    assert _named(receiver.spans, f"send {SUBMITTED}").service == "feedsvc-api"
