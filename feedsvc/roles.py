@@ -103,7 +103,7 @@ async def api(settings: Settings, listen: Callable[[], socket.socket]) -> None:
     metrics = Metrics()
     admission = Admission(settings.max_inflight, settings.max_backlog)
     async with (
-        # First: it instruments the Kafka and database clients, which must be made after.
+        # First: it instruments the database client, which must be made after it.
         tracing.opened(tracing.API, os.environ) as traced,
         open_pool(settings, "api") as pool,
         kafka.producer(settings, linger_ms=2) as producer,
@@ -190,6 +190,7 @@ async def writer(settings: Settings) -> None:
         metrics.served(
             settings.host, settings.writer_metrics_port, lambda: any(w.ready for w in started)
         ),
+        # Before the clients it instruments (the database's and, here, Kafka's).
         tracing.opened(tracing.WRITER, os.environ, kafka_spans=True) as traced,
         open_pool(settings, "writer") as pool,
         kafka.producer(settings) as dlq,
