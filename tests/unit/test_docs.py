@@ -165,3 +165,18 @@ def test_every_bot_setting_is_documented() -> None:
     expected = {(f"`--{n.replace('_', '-')}`", f"`{bot.config.PREFIX}{n.upper()}`") for n in names}
     rows = {(row[0], row[1]) for row in table_rows(BOT.read_text(), BOT_HEADER)}
     assert rows == expected
+
+
+def test_the_layout_names_every_module() -> None:
+    """development.md's layout names every module of feedsvc/ and devstack/."""
+    page = (DOCS / "development.md").read_text()
+    layout = page.split("## Layout", 1)[1].split("```", 2)[1]
+    words = set(re.findall(r"[\w.]+", layout))
+    modules = {
+        f"{path.parent.name}/{path.stem}"
+        for package in ("feedsvc", "devstack")
+        for path in (ROOT / package).rglob("*.py")
+        if path.stem != "__init__" and "__pycache__" not in path.parts
+    }
+    unnamed = sorted(m for m in modules if not {m.split("/")[1], m.split("/")[1] + ".py"} & words)
+    assert not unnamed, f"modules the layout does not name: {unnamed}"
