@@ -1,7 +1,7 @@
 """proxy/haproxy.cfg, the front door natively and in compose, keeps its limits and routing.
 
 HAProxy's own parser checks the file (`haproxy -c`) in both of its modes; the rest reads
-the directives that carry a guarantee (README, "Front door").
+the directives that carry a guarantee (docs/operations.md#front-door).
 """
 
 from __future__ import annotations

@@ -453,12 +453,12 @@ def test_pools_fit_the_unlicensed_transaction_limit(load: Any) -> None:
         assert used <= THROTTLED_TRANSACTIONS - 1, (replicas, workers, api, writers, writer)
 
 
-def test_readme_memory_table_matches_the_limits(services: dict[str, Any]) -> None:
-    """README's memory section lists each service's limit as compose sets it."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Memory and scaling writers", 1)[1].split("\n## ", 1)[0]
+def test_the_memory_table_matches_the_limits(services: dict[str, Any]) -> None:
+    """docs/operations.md's memory section lists each service's limit as compose sets it."""
+    page = (ROOT / "docs" / "operations.md").read_text()
+    section = page.split("## Memory and scaling writers", 1)[1].split("\n## ", 1)[0]
     rows = dict(re.findall(r"^\| `([a-z0-9-]+)`[^|]*\| ([0-9.]+ [MG]iB) \|", section, re.M))
-    assert rows, "no memory table in README"
+    assert rows, "no memory table in docs/operations.md"
     for name in services:
         assert ("roach1" if name in ROACHES else name) in rows, name
     for name, text in rows.items():
@@ -517,3 +517,13 @@ def test_node_health_probe_passes_when_the_node_is_ready(services: dict[str, Any
 def test_node_health_probe_fails_when_the_node_is_not_ready(services: dict[str, Any]) -> None:
     """A 503 from /health?ready=1 (not initialized, draining) fails the check."""
     assert _probe(services, 503) != 0
+
+
+def test_the_containers_table_names_every_service(services: dict[str, Any]) -> None:
+    """docs/docker.md's containers table has a row for each service of the default stack, and
+    none for a service compose does not run."""
+    page = (ROOT / "docs" / "docker.md").read_text()
+    section = page.split("## Containers", 1)[1].split("\n## ", 1)[0]
+    first_cells = re.findall(r"^\| ([^|]+) \|", section, re.M)[2:]  # the header, then rows
+    names = {name for cell in first_cells for name in re.findall(r"`([a-z0-9-]+)`", cell)}
+    assert names == set(services), names ^ set(services)
