@@ -75,7 +75,8 @@ def external_stack(environ: Mapping[str, str]) -> ExternalStack:
     )
 
 
-def _native_stack(extra_env: Mapping[str, str] | None = None, replicas: int = 1) -> Stack:
+def native_stack(extra_env: Mapping[str, str] | None = None, replicas: int = 1) -> Stack:
+    """A native stack with the tests' quick settings and `extra_env`, up; down if it fails."""
     stack = Stack(scratch_dir(), {**FAST, **(extra_env or {})}, replicas=replicas, log=_quiet)
     try:
         stack.up()
@@ -101,7 +102,7 @@ def make_stack() -> Iterator[Callable[..., Stack]]:
     made: list[Stack] = []
 
     def make(extra_env: Mapping[str, str] | None = None, replicas: int = 1) -> Stack:
-        made.append(_native_stack(extra_env, replicas))
+        made.append(native_stack(extra_env, replicas))
         return made[-1]
 
     yield make
@@ -113,7 +114,7 @@ def make_stack() -> Iterator[Callable[..., Stack]]:
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     """The session's shared stack, ready: api, writer and the changefeed (or its stand-in)."""
-    shared = _native_stack() if not COCKROACH else external_stack(os.environ)
+    shared = native_stack() if not COCKROACH else external_stack(os.environ)
     try:
         if COCKROACH:
             shared.up()
