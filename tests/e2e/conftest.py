@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from devstack import ExternalStack, Stack, StackError, scratch_dir
+from devstack.proxy import ONE_ADDRESS
 from tests.support import COCKROACH
 
 # Quicker reactions than production: tests wait on these, users do not.
@@ -47,6 +48,10 @@ FAST = {
     "STANDIN_HLC": "cockroach",
     "STANDIN_RESOLVED_LAG_S": "3",
     "STANDIN_RESTART_ORDER": "cockroach",
+    # Every test's client is 127.0.0.1, standing for many clients (the drills hold 1,000
+    # streams): the proxy's per-address limits are out of the way but in
+    # tests/e2e/test_fair_share.py, which sets small ones.
+    **ONE_ADDRESS,
 }
 
 # Where the cockroach backend's services are, as compose.yaml's `tests` service says.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack.proxy import CONFIG
+from devstack.proxy import CONFIG, config_default
 from feedsvc.config import Settings
 
 pytestmark = pytest.mark.skipif(
@@ -113,15 +113,10 @@ FAIR_SHARE = (
 ROOT = CONFIG.parents[1]
 
 
-def defaults_in_config(variable: str) -> set[str]:
-    """Every default the config gives `variable` ("${VAR-default}"); one, if consistent."""
-    return set(re.findall(r"\$\{" + variable + r"-([^}]*)\}", CONFIG.read_text()))
-
-
 @pytest.mark.parametrize("variable", FAIR_SHARE)
 def test_fair_share_settings_are_set_in_compose_and_documented(variable: str) -> None:
     """Each limit has one default, passed by compose with it, in .env.example and the docs."""
-    [default] = defaults_in_config(variable)
+    default = config_default(variable)
     compose = (ROOT / "compose.yaml").read_text()
     assert f"{variable}: ${{{variable}:-{default}}}" in compose
     example = (ROOT / ".env.example").read_text()
@@ -131,7 +126,7 @@ def test_fair_share_settings_are_set_in_compose_and_documented(variable: str) ->
 
 def test_one_address_holds_a_small_part_of_a_replicas_streams() -> None:
     """The per-address stream cap is at most 2 % of what one api process serves."""
-    [streams] = defaults_in_config("FEEDSVC_PROXY_STREAMS")
+    streams = config_default("FEEDSVC_PROXY_STREAMS")
     assert 1 <= int(streams) <= Settings().max_subscribers // 50
 
 
