@@ -12,6 +12,7 @@ import pytest
 
 from feedsvc.config import load_settings
 from tests.static.chart import (
+    NAMESPACE,
     ROOT,
     VALUES,
     Obj,
@@ -148,16 +149,28 @@ def test_every_process_gets_settings_feedsvc_accepts(name: str) -> None:
     assert writer["spec"]["replicas"] <= partitions
 
 
+# The names cockroach-operator v2.18.3 puts in every node's certificate for the public
+# Service (pkg/actor/generate_cert.go); verify-full fails for any other.
+CERTIFIED_HOSTS = (
+    "cockroachdb-public",
+    f"cockroachdb-public.{NAMESPACE}",
+    f"cockroachdb-public.{NAMESPACE}.svc.cluster.local",
+)
+
+
 @pytest.mark.parametrize("name", RENDERINGS)
 def test_the_database_is_reached_over_verified_tls(name: str) -> None:
-    """FEED_DATABASE_URL asks verify-full, with the CA and client certificate from the
-    operator's root Secret, mounted where the URL points."""
+    """FEED_DATABASE_URL asks verify-full of a host name the nodes' certificates carry,
+    with the CA and client certificate from the operator's root Secret, mounted where
+    the URL points."""
     for where, pod in pod_specs(render(name)).items():
         main = container(pod)
         url = env_of(main).get("FEED_DATABASE_URL")
         if url is None:
             continue
-        query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+        parts = urlsplit(url)
+        assert parts.hostname in CERTIFIED_HOSTS, where
+        query = {k: v[0] for k, v in parse_qs(parts.query).items()}
         assert query["sslmode"] == "verify-full", where
         mounts = {m["name"]: m["mountPath"] for m in main["volumeMounts"]}
         secrets = {

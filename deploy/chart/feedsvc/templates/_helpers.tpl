@@ -27,8 +27,14 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{/*
+The operator's public Service as its node certificates name it: `<name>-public`,
+`<name>-public.<namespace>` and `<name>-public.<namespace>.svc.cluster.local`, not
+`...svc` (pkg/actor/generate_cert.go), so verify-full needs one of those three forms.
+https://github.com/cockroachdb/cockroach-operator/blob/v2.18.3/pkg/actor/generate_cert.go
+*/}}
 {{- define "feedsvc.cockroachHost" -}}
-{{ printf "%s-public.%s.svc" .Values.cockroach.cluster .Release.Namespace }}
+{{ printf "%s-public.%s" .Values.cockroach.cluster .Release.Namespace }}
 {{- end -}}
 
 {{- define "feedsvc.kafkaBootstrap" -}}
@@ -36,8 +42,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{/*
-The database URL: the operator's public Service, whose name is in every node's
-certificate (generate_cert.go), so verify-full holds; the root client's certificate
+The database URL: the operator's public Service, by a name in every node's certificate,
+so verify-full holds; the root client's certificate
 from the operator's Secret, mounted at /certs. libpq refuses a key readable by group
 or others unless root owns it: a Secret volume's files are root's (mode 0440 here).
 https://www.postgresql.org/docs/current/libpq-ssl.html#LIBPQ-SSL-CLIENTCERT
