@@ -50,9 +50,14 @@ def helm() -> str:
     return done.stdout.strip()
 
 
-def template(values: tuple[Path, ...] = (), *sets: str) -> subprocess.CompletedProcess[str]:
-    """`helm template` of the chart with values files and `--set` pairs."""
+def template(
+    values: tuple[Path, ...] = (), *sets: str, upgrade: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """`helm template` of the chart with values files and `--set` pairs, as for an install
+    (or an upgrade)."""
     command = [helm(), "template", "feedsvc", str(CHART), "--namespace", NAMESPACE]
+    if upgrade:
+        command.append("--is-upgrade")
     for path in values:
         command += ["-f", str(path)]
     for pair in sets:
@@ -61,9 +66,9 @@ def template(values: tuple[Path, ...] = (), *sets: str) -> subprocess.CompletedP
 
 
 @functools.cache
-def render(name: str, *sets: str) -> list[Obj]:
+def render(name: str, *sets: str, upgrade: bool = False) -> list[Obj]:
     """Every object one rendering makes (hooks included)."""
-    done = template(VALUES[name], *sets)
+    done = template(VALUES[name], *sets, upgrade=upgrade)
     assert done.returncode == 0, done.stderr
     return [d for d in yaml.safe_load_all(done.stdout) if d]
 
