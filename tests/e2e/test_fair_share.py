@@ -75,7 +75,10 @@ async def test_a_flood_from_one_address_leaves_another_its_posts(fair: Stack) ->
     flooder, polite = "f_" + uuid.uuid4().hex[:20], "p_" + uuid.uuid4().hex[:20]
     flood: list[httpx.Response] = []
     answers: list[int] = []
-    until = time.monotonic() + 4.0
+    # The flood lasts as long as the polite client posts, however slow the machine: this
+    # test counts answers, not time.
+    polite_done = anyio.Event()
+    started = time.monotonic()
 
     async with (
         client_from(fair, "127.0.0.2", limits=httpx.Limits(max_connections=40)) as bad,
@@ -83,25 +86,27 @@ async def test_a_flood_from_one_address_leaves_another_its_posts(fair: Stack) ->
     ):
 
         async def flood_worker() -> None:
-            while time.monotonic() < until:
+            while not polite_done.is_set():
                 flood.append(await bad.post("/messages", json=post(flooder, "flood")))
 
         async def polite_poster() -> None:
             await anyio.sleep(0.5)  # the flood is under way
-            while time.monotonic() < until:
+            for _ in range(6):
                 answers.append((await good.post("/messages", json=post(polite, "hi"))).status_code)
                 await anyio.sleep(0.25)
+            polite_done.set()
 
         async with anyio.create_task_group() as tasks:
             for _ in range(40):
                 tasks.start_soon(flood_worker)
             tasks.start_soon(polite_poster)
 
-    assert answers == [202] * len(answers), answers
-    assert len(answers) >= 5
+    assert answers == [202] * 6, answers
     accepted = sum(1 for r in flood if r.status_code == 202)
     refused = [r for r in flood if r.status_code == 429]
-    assert accepted <= POST_RATE + POST_INFLIGHT, accepted
+    # The rate is counted over a sliding 10 s: a slow run may span more than one window.
+    windows = 1 + int((time.monotonic() - started) // 10)
+    assert accepted <= POST_RATE * windows + POST_INFLIGHT, (accepted, windows)
     assert len(refused) > 10 * accepted, (len(refused), accepted)
     one = refused[-1]
     assert int(one.headers["retry-after"]) >= 1
