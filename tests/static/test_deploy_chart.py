@@ -124,6 +124,14 @@ def test_every_pod_runs_locked_down(name: str) -> None:
                 assert {"cpu", "memory"} <= set(each["resources"][bound]), where
 
 
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_python_is_never_pid_1(name: str) -> None:
+    """Every pod shares its process namespace, so the pause container is PID 1 (as tini
+    is in compose) and a SIGTERM before feedsvc's handler still stops the process."""
+    for where, pod in pod_specs(render(name)).items():
+        assert pod["spec"]["shareProcessNamespace"] is True, where
+
+
 def test_writers_beyond_the_partitions_are_refused() -> None:
     """More writer replicas than partitions of messages.submitted fails the rendering;
     as many as the partitions renders."""
