@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,14 @@ def selects(selector: Obj, labels: dict[str, str]) -> bool:
                 if value is not None:
                     return False
     return True
+
+
+def front_door_default(variable: str) -> str:
+    """A setting's default in compose's front door, proxy/haproxy.cfg ("${VARIABLE-default}")."""
+    config = (ROOT / "proxy" / "haproxy.cfg").read_text()
+    found = re.search(rf'"\$\{{{variable}-([^}}]+)\}}"', config)
+    assert found, variable
+    return found.group(1)
 
 
 def custom_resources(path: Path) -> list[Obj]:

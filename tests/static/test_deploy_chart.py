@@ -5,7 +5,6 @@ writers within the partitions, closed databases, and an edge fit for SSE."""
 
 from __future__ import annotations
 
-import re
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -13,11 +12,11 @@ import pytest
 from feedsvc.config import load_settings
 from tests.static.chart import (
     NAMESPACE,
-    ROOT,
     VALUES,
     Obj,
     env_of,
     find,
+    front_door_default,
     native_only,
     pod_specs,
     render,
@@ -122,6 +121,14 @@ def test_every_pod_runs_locked_down(name: str) -> None:
             assert "add" not in security["capabilities"], where
             for bound in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(each["resources"][bound]), where
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_python_is_never_pid_1(name: str) -> None:
+    """Every pod shares its process namespace, so the pause container is PID 1 (as tini
+    is in compose) and a SIGTERM before feedsvc's handler still stops the process."""
+    for where, pod in pod_specs(render(name)).items():
+        assert pod["spec"]["shareProcessNamespace"] is True, where
 
 
 def test_writers_beyond_the_partitions_are_refused() -> None:
@@ -250,14 +257,6 @@ def test_only_feedsvc_processes_reach_the_database(name: str) -> None:
     )
 
 
-def _front_door_setting(variable: str) -> str:
-    """A setting's default in proxy/haproxy.cfg ("${VARIABLE-default}")."""
-    config = (ROOT / "proxy" / "haproxy.cfg").read_text()
-    found = re.search(rf'"\$\{{{variable}-([^}}]+)\}}"', config)
-    assert found, variable
-    return found.group(1)
-
-
 @pytest.mark.parametrize("name", ["dev", "prod"])
 def test_the_ingress_passes_sse_as_the_front_door_does(name: str) -> None:
     """The Ingress balances by least connections over ready replicas, keeps a quiet
@@ -267,9 +266,7 @@ def test_the_ingress_passes_sse_as_the_front_door_does(name: str) -> None:
     notes = ingress["metadata"]["annotations"]
     assert notes["haproxy.org/load-balance"] == "leastconn"
     assert notes["haproxy.org/check-http"] == "/health/ready"
-    assert notes["haproxy.org/timeout-server"] == _front_door_setting(
-        "FEEDSVC_PROXY_STREAM_TIMEOUT"
-    )
+    assert notes["haproxy.org/timeout-server"] == front_door_default("FEEDSVC_PROXY_STREAM_TIMEOUT")
     heartbeat = load_settings({}).heartbeat_s
     assert int(notes["haproxy.org/timeout-server"].removesuffix("s")) > 2 * heartbeat
     snippet = notes["haproxy.org/backend-config-snippet"].splitlines()

@@ -50,6 +50,7 @@ def test_the_job_runs_the_drill_in_order() -> None:
         "delete pod cockroachdb-1",
         'wait "$flow"',
         "helm uninstall feedsvc",
+        "delete kafkatopic --all",
         "delete -k deploy/kind",
     ]
     positions = [text.find(step) for step in steps]

@@ -74,6 +74,16 @@ https://www.postgresql.org/docs/current/libpq-ssl.html#LIBPQ-SSL-CLIENTCERT
 {{- end }}
 {{- end -}}
 
+{{/*
+PID 1 of the pod is the pause container, which reaps, as tini does in compose (`init:
+true`). Were python PID 1, the kernel would drop a SIGTERM that comes before feedsvc
+installs its handler (during start-up), and the pod would wait out its grace period.
+https://man7.org/linux/man-pages/man7/pid_namespaces.7.html
+*/}}
+{{- define "feedsvc.init" -}}
+shareProcessNamespace: true
+{{- end -}}
+
 {{/* Pod-level security: the image's numeric user, never root, the runtime's seccomp. */}}
 {{- define "feedsvc.podSecurity" -}}
 runAsNonRoot: true
