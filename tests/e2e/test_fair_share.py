@@ -18,7 +18,7 @@ import anyio
 import httpx
 import pytest
 
-from devstack import Stack
+from devstack import Stack, free_port
 from tests.e2e.conftest import native_stack
 from tests.e2e.test_access import access_lines
 from tests.support import native_only, wait_for
@@ -36,6 +36,9 @@ TRUSTED_XFF = "127.0.0.7"
 TRUSTED_PROXY_PROTOCOL = "127.0.0.8"
 """A load balancer in front of ours whose PROXY protocol header is believed."""
 
+INTERNAL_PORT = free_port()
+"""The proxy's internal entrance, compose's bot's (FEEDSVC_PROXY_INTERNAL_BIND)."""
+
 
 @pytest.fixture(scope="module")
 def fair() -> Iterator[Stack]:
@@ -48,6 +51,7 @@ def fair() -> Iterator[Stack]:
             "FEEDSVC_PROXY_STREAMS": str(STREAMS),
             "FEEDSVC_PROXY_TRUSTED_XFF": TRUSTED_XFF,
             "FEEDSVC_PROXY_TRUSTED_PROXY_PROTOCOL": TRUSTED_PROXY_PROTOCOL,
+            "FEEDSVC_PROXY_INTERNAL_BIND": f"127.0.0.1:{INTERNAL_PORT}",
             "FEED_MAX_INFLIGHT": "3",
         }
     )
@@ -238,3 +242,15 @@ async def test_the_proxy_protocol_is_believed_only_from_trusted_sources(fair: St
     assert await logged_client(fair, message_id.decode()) == "198.51.100.8"
     spoofed = await anyio.to_thread.run_sync(raw_post, fair, "127.0.0.9", preface, author)
     assert spoofed.startswith(b"HTTP/1.1 400"), spoofed[:200]
+
+
+async def test_the_internal_entrance_has_no_per_address_quota(fair: Stack) -> None:
+    """Twice an address's quota, posted from one address to the internal entrance: all 202."""
+    author = "b_" + uuid.uuid4().hex[:20]
+    url = f"http://127.0.0.1:{INTERNAL_PORT}"
+    async with httpx.AsyncClient(base_url=url, timeout=30) as bot:
+        answers = [
+            (await bot.post("/messages", json=post(author, f"bot {i}"))).status_code
+            for i in range(2 * POST_RATE + 5)
+        ]
+    assert answers == [202] * len(answers), answers

@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from devstack.proxy import CONFIG, config_default
 from feedsvc.config import Settings
@@ -55,6 +56,7 @@ def test_haproxy_accepts_the_config(mode: str, tmp_path: Path) -> None:
         argv += ["-f", str(servers)]
     else:
         env["FEEDSVC_PROXY_REPLICAS_DNS"] = "api:8000"
+        env["FEEDSVC_PROXY_INTERNAL_BIND"] = ":8002"
     done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -148,3 +150,25 @@ def test_every_refusal_says_when_to_come_back() -> None:
         else:  # the feed: never an error status, which EventSource would not retry
             assert "status 200 content-type text/event-stream" in refusal
             assert 'string "retry: ' in refusal
+
+
+def section(name: str) -> list[str]:
+    """The directives of one section (`frontend internal`), up to the next section."""
+    lines, inside = [], False
+    for line in directives():
+        if re.match(r"(frontend|backend|defaults|global|resolvers|listen|\.if|\.endif)\b", line):
+            inside = line == name
+        elif inside:
+            lines.append(line)
+    return lines
+
+
+def test_the_bot_enters_where_no_per_address_quota_applies() -> None:
+    """compose's bot posts to the internal entrance, which has no quotas and no host port."""
+    internal = section("frontend internal")
+    assert 'bind "${FEEDSVC_PROXY_INTERNAL_BIND}"' in internal
+    assert not [d for d in internal if "track-sc" in d or d.startswith("http-request return")]
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+    port = compose["haproxy"]["environment"]["FEEDSVC_PROXY_INTERNAL_BIND"].rsplit(":", 1)[1]
+    assert compose["bot"]["environment"]["BOT_API_URL"] == f"http://haproxy:{port}"
+    assert not [p for p in compose["haproxy"].get("ports", []) if p.endswith(f":{port}")]
