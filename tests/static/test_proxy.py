@@ -12,7 +12,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
 from devstack.proxy import CONFIG, config_default
 from feedsvc.config import Settings
@@ -163,12 +162,9 @@ def section(name: str) -> list[str]:
     return lines
 
 
-def test_the_bot_enters_where_no_per_address_quota_applies() -> None:
-    """compose's bot posts to the internal entrance, which has no quotas and no host port."""
+def test_the_internal_entrance_has_no_per_address_quota() -> None:
+    """The internal entrance (compose's bot's, tests/static/test_topology.py) tracks no one."""
     internal = section("frontend internal")
     assert 'bind "${FEEDSVC_PROXY_INTERNAL_BIND}"' in internal
+    assert "default_backend api" in internal
     assert not [d for d in internal if "track-sc" in d or d.startswith("http-request return")]
-    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
-    port = compose["haproxy"]["environment"]["FEEDSVC_PROXY_INTERNAL_BIND"].rsplit(":", 1)[1]
-    assert compose["bot"]["environment"]["BOT_API_URL"] == f"http://haproxy:{port}"
-    assert not [p for p in compose["haproxy"].get("ports", []) if p.endswith(f":{port}")]

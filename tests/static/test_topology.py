@@ -166,13 +166,16 @@ def test_app_starts_after_setup_and_bot_after_a_healthy_front_door(
 
 def test_users_and_the_bot_reach_the_api_through_the_front_door(load: Any) -> None:
     """The api replicas publish no host port; the proxy publishes the api's, and the bot
-    posts through it."""
+    posts through its internal entrance, which no host port reaches."""
     for config in (load(), load(env_file=ROOT / ".env.example")):
         services = config["services"]
         assert not services["api"].get("ports")
         published = [p["published"] for p in services["haproxy"]["ports"]]
         assert published == ["8000"]
-        assert services["bot"]["environment"]["BOT_API_URL"] == "http://haproxy:8000"
+        internal = services["haproxy"]["environment"]["FEEDSVC_PROXY_INTERNAL_BIND"]
+        assert internal == ":8002"
+        assert services["bot"]["environment"]["BOT_API_URL"] == "http://haproxy:8002"
+        assert all(p["target"] != 8002 for p in services["haproxy"]["ports"])
 
 
 def test_api_replicas_follow_feedsvc_api_replicas(load: Any) -> None:
