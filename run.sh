@@ -145,7 +145,7 @@ licence_notice() {
         echo "No CockroachDB licence is set: 7 days after this cluster was initialized"
     fi
     echo "the cluster allows 5 concurrent transactions. Set FEED_COCKROACH_LICENSE in .env,"
-    echo "or reset the dev cluster with ./stop.sh --purge (README, \"CockroachDB licence\")."
+    echo "or reset the dev cluster with ./stop.sh --purge (docs/operations.md, \"CockroachDB licence\")."
 }
 licence_notice
 

@@ -83,7 +83,8 @@ def run(opts: Options, stacks: Stacks | None = None) -> Churn:
         Clients(opts.client_procs) as clients,
     ):
         url, api = stack.api_url, pid_of(stack, "api")
-        port = int(url.rsplit(":", 1)[1])
+        # Streams are counted where the api holds them: its own port, behind any proxy.
+        port = int(stack.replica_url().rsplit(":", 1)[1])
 
         def subscribed() -> int:
             return sum(held_by(tree(api), port).values())

@@ -75,7 +75,8 @@ def run(opts: Options, stacks: Stacks | None = None) -> Idle:
         Clients(opts.client_procs) as clients,
     ):
         url, api = stack.api_url, pid_of(stack, "api")
-        port = int(url.rsplit(":", 1)[1])
+        # Streams are counted where the api holds them: its own port, behind any proxy.
+        port = int(stack.replica_url().rsplit(":", 1)[1])
 
         def per_worker() -> dict[int, int]:
             # The api's processes: its workers, or the api itself when it runs alone.

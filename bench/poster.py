@@ -41,6 +41,8 @@ class Poster:
     url: str
     rate: float
     author: str = AUTHOR
+    source: str | None = None
+    """The local address to post from (a loopback one: another client to the proxy)."""
     answers: list[Answer] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -61,7 +63,8 @@ class Poster:
     async def run(self, seconds: float) -> None:
         """Post for `seconds` (or until `stop`), then wait for the answers in flight."""
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-        async with httpx.AsyncClient(base_url=self.url, timeout=15, limits=limits) as http:
+        transport = httpx.AsyncHTTPTransport(local_address=self.source, limits=limits)
+        async with httpx.AsyncClient(base_url=self.url, timeout=15, transport=transport) as http:
 
             async def one(i: int) -> None:
                 sent = time.monotonic()

@@ -31,6 +31,26 @@ class Ingest(msgspec.Struct, frozen=True, kw_only=True):
     conditions: dict[str, Any]
 
 
+class Polite(msgspec.Struct, frozen=True, kw_only=True):
+    """A polite client beside the overload: one POST every 0.2 s from another address."""
+
+    per_address_limits: bool
+    """Whether the proxy's per-address limits were on (docs/fair-share.md)."""
+    sent: int
+    accepted_pct: float | None
+    p99_ms: float | None
+    """Of every answer it got during the flood, 202 or not."""
+    p99_ms_after_ramp: float | None
+    """The same, without the first seconds of the flood (`overload.RAMP_S`)."""
+    statuses: dict[str, int]
+    flood_accepted_per_s: int
+    flood_rejected_429: int
+    lost: int
+    """Accepted in this run (any client) and not stored."""
+    loadavg: list[list[float]]
+    """The machine's load average before and after this run."""
+
+
 class Overload(msgspec.Struct, frozen=True, kw_only=True):
     """`overload`: POSTs offered at 10x the sustainable rate."""
 
@@ -45,6 +65,8 @@ class Overload(msgspec.Struct, frozen=True, kw_only=True):
     lost: int
     sustainable_per_s: int
     statuses: dict[str, int]
+    polite: list[Polite]
+    """The polite client, without and (on the proxy path) with per-address limits."""
     conditions: dict[str, Any]
 
 

@@ -20,6 +20,7 @@ import psycopg
 
 from bench.report import say
 from devstack import Service, Stack, StackError, free_port, scratch_dir
+from devstack.proxy import ONE_ADDRESS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,7 +50,9 @@ def fresh_stack(
     root = scratch_dir("feedsvc-bench-stack-")
     if path == "proxy":
         roles = (*roles, "proxy")
-    stack = Stack(root, extra_env, roles=roles, log=log)
+    # Every scenario's load comes from 127.0.0.1 and stands for many clients: the proxy's
+    # per-address limits are lifted unless the scenario sets them (`overload` does).
+    stack = Stack(root, {**ONE_ADDRESS, **(extra_env or {})}, roles=roles, log=log)
     try:
         log(f"starting a fresh stack in {root}; {describe(path)}")
         stack.up()

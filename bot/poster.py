@@ -11,6 +11,7 @@ import httpx
 from bot.backpressure import Backpressure, parse_retry_after
 from bot.content import MessageGenerator
 from bot.pacing import TokenBucket
+from bot.ratelimit import spent_wait
 from bot.stats import Stats
 from feedsvc.messages import encode
 
@@ -126,12 +127,18 @@ class Poster:
             stats.in_flight -= 1
         self._backpressure.answered()
         status = response.status_code
+        # The front door's per-address quota (docs/fair-share.md#the-headers): spent means
+        # send nothing for its window, as a 429 would say one request later.
+        spent = spent_wait(response.headers.get("RateLimit"))
         if 200 <= status < 300:
             stats.accepted += 1
+            if spent is not None:
+                self._backpressure.retry_after(spent)
+                log.info("quota spent", extra={"status": status, "retry_after_s": spent})
             return True
         stats.rejected[status] += 1
         if status in (429, 503):
-            wait = parse_retry_after(response.headers.get("Retry-After"))
+            wait = max(parse_retry_after(response.headers.get("Retry-After")), spent or 0.0)
             stats.retry_after_waits += 1
             stats.retry_after_s += wait
             self._backpressure.retry_after(wait)

@@ -8,6 +8,7 @@ socket through which devstack reads the servers' states.
 from __future__ import annotations
 
 import csv
+import re
 import resource
 import shutil
 import socket
@@ -18,6 +19,23 @@ from devstack.procs import REPO, Service, StackError
 
 CONFIG = REPO / "proxy" / "haproxy.cfg"
 """The front door's configuration, shared with compose.yaml's `haproxy` service."""
+
+
+def config_default(variable: str) -> str:
+    """The default `proxy/haproxy.cfg` gives `variable` ("${VAR-default}"); one, or it fails."""
+    found: set[str] = set(re.findall(r"\$\{" + variable + r"-([^}]*)\}", CONFIG.read_text()))
+    if len(found) != 1:
+        raise StackError(f"{variable}: {len(found)} defaults in {CONFIG}, expected one")
+    return found.pop()
+
+
+ONE_ADDRESS = {
+    "FEEDSVC_PROXY_POST_RATE": "100000000",
+    "FEEDSVC_PROXY_POST_INFLIGHT": "1000000",
+    "FEEDSVC_PROXY_STREAMS": "1000000",
+}
+"""Per-address limits out of the way (docs/fair-share.md), for loads that come from one
+address but stand for many clients: the tests' shared stack, the benchmarks of capacity."""
 
 
 def native_maxconn(wanted: int = 10_000) -> int:

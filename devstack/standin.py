@@ -38,7 +38,7 @@ until they are; the next resolved is above every earlier one, as a restarted job
 from its checkpoint and emits resolved timestamps only as its high-water mark advances.
 
 Kind or strict: by default the stand-in is kinder than CockroachDB in three ways, each
-a knob; the e2e tests run it strict (tests/e2e/conftest.py, README "What is proven where"):
+a knob; the e2e tests run it strict (tests/e2e/conftest.py, docs/testing.md#what-is-proven-where):
 - `updated` and `resolved` HLCs: microsecond walls with logical 0, where CockroachDB's
   have nanosecond walls and logical counters above 0 (STANDIN_HLC=cockroach);
 - resolved records about 1 s behind the commits, where CockroachDB's trail by its closed

@@ -6,6 +6,7 @@ values allowed), so a new setting is one annotated line plus its docstring.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, get_args, get_origin
 
@@ -149,6 +150,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: LogLevel = "INFO"
     """Python logging level name."""
 
+    trusted_proxies: str = "127.0.0.1,::1,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"
+    """Comma-separated addresses or networks (or `*`) whose `X-Forwarded-For` names the
+    client in the access log: the front door's. Loopback and the private ranges, as Rails
+    trusts by default (https://api.rubyonrails.org/classes/ActionDispatch/RemoteIp.html),
+    so the proxy is believed in compose's network and natively; the proxy itself
+    replaces what any client sends (docs/fair-share.md)."""
+
     cors_origins: str = ""
     """Comma-separated origins (`https://app.example`) whose pages may call the api; empty
     sends no CORS headers, so browsers keep other origins out."""
@@ -181,6 +189,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"{PREFIX}API_WORKERS must be 0 (one per core) or more")
         if self.submitted_retention_ms < 1 and self.submitted_retention_ms != -1:
             raise ValueError(f"{PREFIX}SUBMITTED_RETENTION_MS must be positive, or -1 (forever)")
+        for proxy in self.trusted_proxies.split(","):
+            try:
+                if proxy.strip() != "*":
+                    ipaddress.ip_network(proxy.strip(), strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{PREFIX}TRUSTED_PROXIES: {proxy!r} is not an address, a network or *"
+                ) from None
         for origin in self.cors_origin_list:
             if origin != "*" and not origin.startswith(("http://", "https://")):
                 raise ValueError(

@@ -76,8 +76,8 @@ def serve_api(settings: Settings) -> int:
         return 0
 
     # Before the first fork, so /metrics on any worker sums every worker's series; a dead
-    # worker's gauges are dropped (README, Metrics). An operator's directory is used as
-    # given; else one of our own, removed at exit.
+    # worker's gauges are dropped (docs/metrics.md#several-api-workers). An operator's
+    # directory is used as given; else one of our own, removed at exit.
     with reserved, _metrics_dir() as shared:
         prepare_multiprocess(shared)
         log.info("api starting workers", extra={"workers": count, "port": port})

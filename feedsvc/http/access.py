@@ -26,7 +26,8 @@ class AccessLog:
 
     Note: the line carries method, path (no query string: it may hold cursors and ids of
     no use here), status (500 when the app failed before answering, 0 when the client
-    left first), `duration_ms`, and `message_id` when the answer names one in its
+    left first), `duration_ms`, `client` (the address the front door names, see
+    FEED_TRUSTED_PROXIES), and `message_id` when the answer names one in its
     `Location` header (a 202 to `POST /messages`). Cheap on the hot POST path: no
     regex, no encoding beyond the log line itself. With `metrics`, each request's
     duration is also recorded under its route template (Litestar's `path_template`;
@@ -72,6 +73,7 @@ class AccessLog:
                     "method": scope.get("method"),
                     "path": scope["path"],
                     "status": status,
+                    "client": _client(scope),
                     "duration_ms": round(seconds * 1000, 1),
                 }
                 if location is not None:
@@ -79,3 +81,9 @@ class AccessLog:
                 if (rid := request_id(scope)) is not None:
                     fields["request_id"] = rid
                 log.info("request", extra=fields)
+
+
+def _client(scope: Scope) -> str | None:
+    """The client's address: uvicorn's, after X-Forwarded-For from a trusted proxy."""
+    client = scope.get("client")
+    return client[0] if client else None

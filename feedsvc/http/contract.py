@@ -86,6 +86,27 @@ RETRY_AFTER = _header(
     "Seconds to wait before trying again.", Schema(type=OpenAPIType.INTEGER, minimum=0)
 )
 
+# The IETF fields the front door adds (docs/fair-share.md#the-headers):
+# https://datatracker.ietf.org/doc/draft-ietf-httpapi-ratelimit-headers/11/
+RATE_LIMIT_POLICY = OpenAPIHeader(
+    description=(
+        "Set by the front door: the per-address quotas, e.g. "
+        '`"posts";q=300;w=10, "inflight";q=32;qu="concurrent-requests"`.'
+    ),
+    schema=Schema(type=OpenAPIType.STRING),
+    required=False,
+)
+RATE_LIMIT = OpenAPIHeader(
+    description=(
+        'Set by the front door: what this address has left, e.g. `"posts";r=287;t=10` '
+        "(`r` requests within `t` seconds); `r=0` means wait `t` seconds."
+    ),
+    schema=Schema(type=OpenAPIType.STRING),
+    required=False,
+)
+QUOTA = {"RateLimit-Policy": RATE_LIMIT_POLICY, "RateLimit": RATE_LIMIT}
+"""Absent from the api's own answers: its limits are its capacity, not a client's quota."""
+
 
 def _problem(description: str) -> ResponseSpec:
     return ResponseSpec(Problem, description=description, generate_examples=False)
@@ -140,7 +161,8 @@ schema describes one event with `data` decoded:
   (the client fell behind, or the api is shutting down): reconnect with it.
 
 A comment `: ping` keeps an idle stream open. A process that cannot take the stream now
-(full, starting, stopping) answers 200 with `retry: 10000` and a comment, then ends:
+(full, starting, stopping), or the front door when this address already holds its share
+of streams (then with `Retry-After`), answers 200 with `retry: 10000` and a comment, then ends:
 never 429/503, on which a browser's EventSource would give up for good. Only a malformed
 query (a `limit` outside 0-{MAX_LIMIT} or not a number) gets 400: a URL that can never
 work should fail, not be retried forever."""
@@ -216,9 +238,10 @@ SubmitOperation = _operation(
             "Location": _header(
                 "Where the message will be once stored: `/messages/<id>`.",
                 Schema(type=OpenAPIType.STRING, pattern=ecma(r"\A/messages/[0-9a-f-]{36}\Z")),
-            )
+            ),
+            **QUOTA,
         },
-        429: {"Retry-After": RETRY_AFTER},
+        429: {"Retry-After": RETRY_AFTER, **QUOTA},
         503: {"Retry-After": RETRY_AFTER},
     },
     amend=_submit_body,
@@ -233,7 +256,10 @@ SUBMIT_RESPONSES = {
     413: _problem(f"The body is over {MAX_BODY_BYTES} bytes."),
     415: _problem("The body is not `application/json`."),
     422: _problem("The `Idempotency-Key` was already used by this author for another text."),
-    429: _problem("Too many posts in flight, or the writer is too far behind: come back later."),
+    429: _problem(
+        "Too many posts from this address (the front door, with `RateLimit`), or too many "
+        "in flight, or the writer is too far behind: come back after `Retry-After`."
+    ),
     503: _problem(
         "Kafka did not acknowledge the message in time (not known to be accepted), or the "
         "`Idempotency-Key` cannot be checked now (the database is unreachable)."

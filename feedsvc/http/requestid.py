@@ -3,7 +3,7 @@
 The id is in the answer's `X-Request-ID` header, in the access log line (`request_id`), in
 every JSON error body (`"request_id"`), and, for a post, in the Kafka record's
 `request-id` header, which the writer logs with the message's id: a post's lines join
-end to end (README, Request ids).
+end to end (docs/api.md#request-ids).
 """
 
 from __future__ import annotations

@@ -126,7 +126,7 @@ class Submitter:
             timeout_s if body_timeout_s is None else body_timeout_s, timeout_s / 2
         )
         """How long a body may take after its head: at most half of a post's time, so that
-        Kafka keeps the rest (README, Limits at the edge)."""
+        Kafka keeps the rest (docs/api.md#limits-at-the-edge)."""
         self._late_body = Answer.problem(
             408,
             f"the body did not arrive within {self.body_timeout_s:g} s of the request's head",

@@ -152,7 +152,7 @@ class Writer:
                 # The api's clock against ours: skew between hosts shows here.
                 self.counts.accepted_to_stored.observe(now - message.created_at.timestamp())
                 if traced:
-                    # Joins the api's access log line of the post (README, Request ids).
+                    # Joins the api's access log line of the post (docs/api.md#request-ids).
                     first = batch.records[message.id][0]
                     log.debug(
                         "stored",

@@ -60,7 +60,8 @@ _METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"
 
 
 class ConnectionMetrics:
-    """Connections to the api and those its limits refused or cut (README, Limits at the edge)."""
+    """Connections to the api and those its limits refused or cut
+    (docs/api.md#limits-at-the-edge)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.open = Gauge(

@@ -1,7 +1,7 @@
 """The HTTP port of a process without a server of its own (the writer): `/metrics`,
 `/health/live`, `/health/ready`, answered from a thread of their own.
 
-The paths and answers are the api's (README, Health and Metrics), so one scrape and probe
+The paths and answers are the api's (docs/api.md#health, docs/metrics.md), so one scrape and probe
 configuration serves every process. A scrape reads values under the Prometheus client's
 locks and `ready` reads plain attributes, so the event loop never waits for a request.
 """

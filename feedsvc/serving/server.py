@@ -32,6 +32,11 @@ def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
         port=settings.port,
         log_config=None,
         access_log=False,
+        # The client of a request forwarded by the front door is the one it names in
+        # X-Forwarded-For, believed only from these addresses.
+        # https://www.uvicorn.org/settings/#http (proxy_headers, forwarded_allow_ips)
+        proxy_headers=True,
+        forwarded_allow_ips=settings.trusted_proxies,
         lifespan="off",
         # After an answer, uvicorn's keep-alive timer is the idle limit (before the first,
         # GuardedHttp's is).

@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from devstack import ExternalStack, Stack, StackError, scratch_dir
+from devstack.proxy import ONE_ADDRESS
 from tests.support import COCKROACH
 
 # Quicker reactions than production: tests wait on these, users do not.
@@ -47,6 +48,10 @@ FAST = {
     "STANDIN_HLC": "cockroach",
     "STANDIN_RESOLVED_LAG_S": "3",
     "STANDIN_RESTART_ORDER": "cockroach",
+    # Every test's client is 127.0.0.1, standing for many clients (the drills hold 1,000
+    # streams): the proxy's per-address limits are out of the way but in
+    # tests/e2e/test_fair_share.py, which sets small ones.
+    **ONE_ADDRESS,
 }
 
 # Where the cockroach backend's services are, as compose.yaml's `tests` service says.
@@ -75,7 +80,8 @@ def external_stack(environ: Mapping[str, str]) -> ExternalStack:
     )
 
 
-def _native_stack(extra_env: Mapping[str, str] | None = None, replicas: int = 1) -> Stack:
+def native_stack(extra_env: Mapping[str, str] | None = None, replicas: int = 1) -> Stack:
+    """A native stack with the tests' quick settings and `extra_env`, up; down if it fails."""
     stack = Stack(scratch_dir(), {**FAST, **(extra_env or {})}, replicas=replicas, log=_quiet)
     try:
         stack.up()
@@ -101,7 +107,7 @@ def make_stack() -> Iterator[Callable[..., Stack]]:
     made: list[Stack] = []
 
     def make(extra_env: Mapping[str, str] | None = None, replicas: int = 1) -> Stack:
-        made.append(_native_stack(extra_env, replicas))
+        made.append(native_stack(extra_env, replicas))
         return made[-1]
 
     yield make
@@ -113,7 +119,7 @@ def make_stack() -> Iterator[Callable[..., Stack]]:
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     """The session's shared stack, ready: api, writer and the changefeed (or its stand-in)."""
-    shared = _native_stack() if not COCKROACH else external_stack(os.environ)
+    shared = native_stack() if not COCKROACH else external_stack(os.environ)
     try:
         if COCKROACH:
             shared.up()

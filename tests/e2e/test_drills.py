@@ -170,9 +170,8 @@ async def test_database_down_backlog_gives_429_then_drains(make_stack: MakeStack
     stack = make_stack({"FEED_MAX_BACKLOG": str(limit), "FEED_BACKLOG_REFRESH_S": "0.1"})
     author = _author()
     stack.postgres.stop()
-    # Past the proxy: the replica's readiness includes the database today, so the proxy
-    # takes it out of rotation and answers 503 itself; this drill judges the api's own
-    # answers (README, "Front door": readiness and the proxy).
+    # Past the proxy: this drill judges one replica's own answers, counted by the one
+    # process it asks (docs/operations.md#front-door: readiness and the proxy).
     direct = stack.replica_url()
     try:
         async with Poster(direct, author).running() as stream:

@@ -1,7 +1,7 @@
 """proxy/haproxy.cfg, the front door natively and in compose, keeps its limits and routing.
 
 HAProxy's own parser checks the file (`haproxy -c`) in both of its modes; the rest reads
-the directives that carry a guarantee (README, "Front door").
+the directives that carry a guarantee (docs/operations.md#front-door).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack.proxy import CONFIG
+from devstack.proxy import CONFIG, config_default
 from feedsvc.config import Settings
 
 pytestmark = pytest.mark.skipif(
@@ -55,6 +55,7 @@ def test_haproxy_accepts_the_config(mode: str, tmp_path: Path) -> None:
         argv += ["-f", str(servers)]
     else:
         env["FEEDSVC_PROXY_REPLICAS_DNS"] = "api:8000"
+        env["FEEDSVC_PROXY_INTERNAL_BIND"] = ":8002"
     done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -99,3 +100,71 @@ def test_every_write_is_sent_at_once() -> None:
 def test_nothing_buffers_or_compresses_the_event_stream() -> None:
     """No compression and no response buffering: SSE frames pass as the api writes them."""
     assert not [d for d in directives() if d.split()[0] in ("compression", "filter")]
+
+
+# --- Fair share (docs/fair-share.md) ---
+
+FAIR_SHARE = (
+    "FEEDSVC_PROXY_POST_RATE",
+    "FEEDSVC_PROXY_POST_INFLIGHT",
+    "FEEDSVC_PROXY_STREAMS",
+    "FEEDSVC_PROXY_TRUSTED_XFF",
+    "FEEDSVC_PROXY_TRUSTED_PROXY_PROTOCOL",
+)
+ROOT = CONFIG.parents[1]
+
+
+@pytest.mark.parametrize("variable", FAIR_SHARE)
+def test_fair_share_settings_are_set_in_compose_and_documented(variable: str) -> None:
+    """Each limit has one default, passed by compose with it, in .env.example and the docs."""
+    default = config_default(variable)
+    compose = (ROOT / "compose.yaml").read_text()
+    assert f"{variable}: ${{{variable}:-{default}}}" in compose
+    example = (ROOT / ".env.example").read_text()
+    assert re.search(rf"^{variable}={re.escape(default)}$", example, re.MULTILINE)
+    assert f"`{variable}`" in (ROOT / "docs" / "fair-share.md").read_text()
+
+
+def test_one_address_holds_a_small_part_of_a_replicas_streams() -> None:
+    """The per-address stream cap is at most 2 % of what one api process serves."""
+    streams = config_default("FEEDSVC_PROXY_STREAMS")
+    assert 1 <= int(streams) <= Settings().max_subscribers // 50
+
+
+def test_the_api_is_told_one_client_address_the_proxy_chose() -> None:
+    """X-Forwarded-For is set to the client the limits are keyed by, never appended to."""
+    assert "http-request set-header X-Forwarded-For %[src]" in directives()
+    assert "option forwardfor" not in directives()
+
+
+def test_every_refusal_says_when_to_come_back() -> None:
+    """Each per-client refusal has Retry-After; a POST's 429 also the IETF RateLimit fields."""
+    refusals = [d for d in directives() if d.startswith("http-request return") and "sc" in d]
+    assert len(refusals) == 3
+    for refusal in refusals:
+        assert "hdr Retry-After " in refusal
+        if "status 429" in refusal:
+            assert "hdr RateLimit-Policy " in refusal and "hdr RateLimit " in refusal
+            assert '\\"error\\":\\"too_many_requests\\"' in refusal
+        else:  # the feed: never an error status, which EventSource would not retry
+            assert "status 200 content-type text/event-stream" in refusal
+            assert 'string "retry: ' in refusal
+
+
+def section(name: str) -> list[str]:
+    """The directives of one section (`frontend internal`), up to the next section."""
+    lines, inside = [], False
+    for line in directives():
+        if re.match(r"(frontend|backend|defaults|global|resolvers|listen|\.if|\.endif)\b", line):
+            inside = line == name
+        elif inside:
+            lines.append(line)
+    return lines
+
+
+def test_the_internal_entrance_has_no_per_address_quota() -> None:
+    """The internal entrance (compose's bot's, tests/static/test_topology.py) tracks no one."""
+    internal = section("frontend internal")
+    assert 'bind "${FEEDSVC_PROXY_INTERNAL_BIND}"' in internal
+    assert "default_backend api" in internal
+    assert not [d for d in internal if "track-sc" in d or d.startswith("http-request return")]

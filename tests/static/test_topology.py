@@ -166,13 +166,16 @@ def test_app_starts_after_setup_and_bot_after_a_healthy_front_door(
 
 def test_users_and_the_bot_reach_the_api_through_the_front_door(load: Any) -> None:
     """The api replicas publish no host port; the proxy publishes the api's, and the bot
-    posts through it."""
+    posts through its internal entrance, which no host port reaches."""
     for config in (load(), load(env_file=ROOT / ".env.example")):
         services = config["services"]
         assert not services["api"].get("ports")
         published = [p["published"] for p in services["haproxy"]["ports"]]
         assert published == ["8000"]
-        assert services["bot"]["environment"]["BOT_API_URL"] == "http://haproxy:8000"
+        internal = services["haproxy"]["environment"]["FEEDSVC_PROXY_INTERNAL_BIND"]
+        assert internal == ":8002"
+        assert services["bot"]["environment"]["BOT_API_URL"] == "http://haproxy:8002"
+        assert all(p["target"] != 8002 for p in services["haproxy"]["ports"])
 
 
 def test_api_replicas_follow_feedsvc_api_replicas(load: Any) -> None:
@@ -453,12 +456,12 @@ def test_pools_fit_the_unlicensed_transaction_limit(load: Any) -> None:
         assert used <= THROTTLED_TRANSACTIONS - 1, (replicas, workers, api, writers, writer)
 
 
-def test_readme_memory_table_matches_the_limits(services: dict[str, Any]) -> None:
-    """README's memory section lists each service's limit as compose sets it."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Memory and scaling writers", 1)[1].split("\n## ", 1)[0]
+def test_the_memory_table_matches_the_limits(services: dict[str, Any]) -> None:
+    """docs/operations.md's memory section lists each service's limit as compose sets it."""
+    page = (ROOT / "docs" / "operations.md").read_text()
+    section = page.split("## Memory and scaling writers", 1)[1].split("\n## ", 1)[0]
     rows = dict(re.findall(r"^\| `([a-z0-9-]+)`[^|]*\| ([0-9.]+ [MG]iB) \|", section, re.M))
-    assert rows, "no memory table in README"
+    assert rows, "no memory table in docs/operations.md"
     for name in services:
         assert ("roach1" if name in ROACHES else name) in rows, name
     for name, text in rows.items():
@@ -517,3 +520,13 @@ def test_node_health_probe_passes_when_the_node_is_ready(services: dict[str, Any
 def test_node_health_probe_fails_when_the_node_is_not_ready(services: dict[str, Any]) -> None:
     """A 503 from /health?ready=1 (not initialized, draining) fails the check."""
     assert _probe(services, 503) != 0
+
+
+def test_the_containers_table_names_every_service(services: dict[str, Any]) -> None:
+    """docs/docker.md's containers table has a row for each service of the default stack, and
+    none for a service compose does not run."""
+    page = (ROOT / "docs" / "docker.md").read_text()
+    section = page.split("## Containers", 1)[1].split("\n## ", 1)[0]
+    first_cells = re.findall(r"^\| ([^|]+) \|", section, re.M)[2:]  # the header, then rows
+    names = {name for cell in first_cells for name in re.findall(r"`([a-z0-9-]+)`", cell)}
+    assert names == set(services), names ^ set(services)

@@ -33,6 +33,7 @@ def test_values_are_converted() -> None:
         ({"FEED_HEARTBEAT_S": "-1"}, "FEED_HEARTBEAT_S"),
         ({"FEED_MAX_INFLIGT": "10"}, "FEED_MAX_INFLIGT"),
         ({"FEED_CORS_ORIGINS": "https://ok.example,app.example"}, "FEED_CORS_ORIGINS"),
+        ({"FEED_TRUSTED_PROXIES": "10.0.0.0/8,haproxy"}, "FEED_TRUSTED_PROXIES"),
     ],
 )
 def test_bad_variable_is_named(environ: dict[str, str], named: str) -> None:
@@ -197,3 +198,9 @@ async def test_the_pool_waits_the_db_timeout_for_a_connection() -> None:
         waited = time.monotonic() - began
     # Generous above: the machine is shared; the Kafka timeout would be 60 s.
     assert 0.3 <= waited < 20
+
+
+def test_trusted_proxies_take_addresses_networks_or_everyone() -> None:
+    """FEED_TRUSTED_PROXIES accepts IPv4 and IPv6 addresses and networks, or `*`."""
+    for raw in ("127.0.0.1", "10.0.0.0/8, ::1", "fc00::/7", "*"):
+        assert load_settings({"FEED_TRUSTED_PROXIES": raw}).trusted_proxies == raw

@@ -185,3 +185,32 @@ async def test_no_burst_after_retry_after() -> None:
     resumed = [t for t, _ in recorder.requests if t >= refused_at + 0.5]
     # At 100/s the first 0.1 s after the pause holds ~10; the saved 0.5 s would be 50.
     assert len([t for t in resumed if t < resumed[0] + 0.1]) <= 13
+
+
+async def test_a_spent_quota_holds_the_next_post_for_its_window() -> None:
+    """A 202 with `RateLimit: ...;r=0;t=1` holds every worker for 1 s, without a 429 first."""
+
+    def answer(n: int) -> httpx.Response:
+        if n == 0:
+            return httpx.Response(202, json={}, headers={"RateLimit": '"posts";r=0;t=1'})
+        return accept(n)
+
+    recorder, stats = await _post(answer, count=2, rate=100)
+    (t0, _), (t1, _) = recorder.requests
+    assert t1 - t0 >= 1.0
+    assert stats.accepted == 2 and not stats.rejected
+
+
+async def test_a_429_waits_the_longer_of_retry_after_and_the_quota_window() -> None:
+    """A 429 whose `RateLimit` window outlasts its `Retry-After` is waited out in full."""
+
+    def answer(n: int) -> httpx.Response:
+        if n == 0:
+            headers = {"Retry-After": "0", "RateLimit": '"posts";r=0;t=1'}
+            return httpx.Response(429, headers=headers)
+        return accept(n)
+
+    recorder, stats = await _post(answer, count=1)
+    (t0, _), (t1, _) = recorder.requests
+    assert t1 - t0 >= 1.0
+    assert stats.retry_after_s == 1.0

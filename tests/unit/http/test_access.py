@@ -84,3 +84,12 @@ async def test_unrouted_and_failed_requests_are_logged(caplog: pytest.LogCapture
         ("GET", "/boom", 500),
     ]
     assert all("message_id" not in x for x in lines(caplog))
+
+
+async def test_the_line_names_the_client(caplog: pytest.LogCaptureFixture) -> None:
+    """The line's `client` is the request's client address (uvicorn's, after trusted XFF)."""
+    caplog.set_level(logging.INFO, "feedsvc.access")
+    async with AsyncTestClient(app()) as client:
+        await client.post("/messages", content=b"{}")
+    [record] = [r for r in caplog.records if r.name == "feedsvc.access"]
+    assert record.__dict__["client"] == "testclient"  # TestClient's scope["client"]
