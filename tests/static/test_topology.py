@@ -530,3 +530,12 @@ def test_the_containers_table_names_every_service(services: dict[str, Any]) -> N
     first_cells = re.findall(r"^\| ([^|]+) \|", section, re.M)[2:]  # the header, then rows
     names = {name for cell in first_cells for name in re.findall(r"`([a-z0-9-]+)`", cell)}
     assert names == set(services), names ^ set(services)
+
+
+def test_tracing_is_off_unless_an_endpoint_is_set(load: Any) -> None:
+    """compose passes OTEL_EXPORTER_OTLP_ENDPOINT to the api and the writer, empty (off) by
+    default (docs/tracing.md)."""
+    for name in ("api", "writer"):
+        assert load()["services"][name]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == ""
+        on = load(OTEL_EXPORTER_OTLP_ENDPOINT="http://collector:4318")["services"][name]
+        assert on["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://collector:4318"
