@@ -11,6 +11,7 @@ import re
 import yaml
 
 from tests.static.chart import CRDS, DEPLOY, ROOT, native_only
+from tests.static.steps import assert_in_order
 
 pytestmark = native_only
 WORKFLOW = ROOT / ".github" / "workflows" / "kubernetes.yml"
@@ -53,9 +54,7 @@ def test_the_job_runs_the_drill_in_order() -> None:
         "delete kafkatopic --all",
         "delete -k deploy/kind",
     ]
-    positions = [text.find(step) for step in steps]
-    assert -1 not in positions, [s for s, p in zip(steps, positions, strict=True) if p == -1]
-    assert positions == sorted(positions)
+    assert_in_order(text, steps)
 
 
 def test_the_smoke_pod_may_reach_the_api() -> None:

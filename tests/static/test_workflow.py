@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.static.steps import assert_in_order
+
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW = ROOT / ".github" / "workflows" / "docker.yml"
 
@@ -57,9 +59,7 @@ def test_docker_job_runs_the_steps_in_order() -> None:
         "docker compose logs",
         "actions/upload-artifact",
     ]
-    positions = [docker.find(step) for step in steps]
-    assert -1 not in positions, [s for s, p in zip(steps, positions, strict=True) if p == -1]
-    assert positions == sorted(positions)
+    assert_in_order(docker, steps)
     assert docker.count("if: failure()") == 2
 
 
