@@ -34,11 +34,13 @@ SCRIPT = textwrap.dedent(
     folder, mode = Path(sys.argv[1]), sys.argv[2]
 
     def work(slot: int) -> int:
+        # The handler before the pid file: a test that signals a worker it has seen start
+        # must not find it still on SIGTERM's default action (a loaded machine did).
+        stop = []
+        signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
         (folder / str(os.getpid())).write_text(str(slot))
         if mode == "crash":
             return 3
-        stop = []
-        signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
         while not stop:
             time.sleep(0.05)
         (folder / f"{os.getpid()}.stopped").write_text("")
